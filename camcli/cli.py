@@ -1,0 +1,270 @@
+"""The ``camcli`` command: parses options and calls :mod:`camcli.api`; nothing more.
+
+TensorFlow is imported only inside the commands that need a model, so ``camcli --help`` and
+``camcli models`` answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from camcli import __version__
+from camcli.errors import CamcliError, ExitStatus
+
+app = typer.Typer(
+    name="camcli",
+    help="Explain image classifiers with class activation maps (Grad-CAM), batched.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"camcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+):
+    """Explain image classifiers with class activation maps (Grad-CAM), batched."""
+
+
+def _quiet_tensorflow(debug: bool) -> None:
+    """Keep TensorFlow's start-up chatter and Python warnings off stderr unless debugging."""
+    if debug:
+        return
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from camcli.tfimport import import_quietly
+
+    import_quietly()
+
+
+def _fail(exc: BaseException, debug: bool) -> typer.Exit:
+    if debug:
+        traceback.print_exception(exc)
+    message = str(exc) if isinstance(exc, CamcliError) else f"{type(exc).__name__}: {exc}"
+    typer.echo(f"camcli: error: {message}", err=True)
+    status = exc.exit_status if isinstance(exc, CamcliError) else ExitStatus.SOME_FAILED
+    return typer.Exit(int(status))
+
+
+@app.command()
+def explain(
+    paths: Annotated[
+        list[str],
+        typer.Argument(help="Images, folders, glob patterns, or - to read paths from stdin."),
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Registry model name (see `camcli models`).")
+    ] = "resnet50",
+    weights: Annotated[
+        str,
+        typer.Option(help="'imagenet' (Keras cache, downloads once), 'none' (random) or a file."),
+    ] = "imagenet",
+    layer: Annotated[
+        str | None, typer.Option("--layer", "-l", help="Target layer (default: the model's).")
+    ] = None,
+    method: Annotated[str, typer.Option(help="CAM method.")] = "gradcam",
+    classes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--class", "-c", help="Class to explain: index, WordNet id or label (repeatable)."
+        ),
+    ] = None,
+    top_k_cams: Annotated[
+        int | None, typer.Option(help="Explain each image's N best classes.")
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Predictions listed in the JSON.")] = 5,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out-dir", "-o", help="Write outputs here, mirroring input paths."),
+    ] = None,
+    colormap: Annotated[
+        str, typer.Option(help="jet, turbo, viridis, inferno or gray.")
+    ] = "jet",
+    alpha: Annotated[float, typer.Option(help="Heatmap opacity in the overlay (0-1).")] = 0.4,
+    overlay_format: Annotated[str, typer.Option(help="png, jpg or webp.")] = "png",
+    max_overlay_side: Annotated[
+        int | None, typer.Option(help="Cap the overlay's longer side (pixels).")
+    ] = None,
+    save_heatmap: Annotated[
+        bool, typer.Option(help="Also write the raw normalised map (.npy).")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend folders.")] = False,
+    max_pixels: Annotated[
+        int, typer.Option(help="Refuse images declaring more pixels (decompression bombs).")
+    ] = 89_478_485,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON line per image on stdout.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
+    ] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and TensorFlow logs.")] = False,
+):
+    """Write a Grad-CAM overlay and a JSON record beside each image."""
+    _quiet_tensorflow(debug)
+    from camcli.api import Explainer, OutputOptions
+
+    started = time.perf_counter()
+    try:
+        options = OutputOptions(
+            out_dir=out_dir,
+            colormap=colormap,
+            alpha=alpha,
+            overlay_format=overlay_format,
+            save_heatmap=save_heatmap,
+            max_overlay_side=max_overlay_side,
+        )
+        if weights.strip().lower() == "none":
+            typer.echo(
+                "camcli: warning: --weights none: random weights, the maps mean nothing",
+                err=True,
+            )
+        explainer = Explainer(
+            model=model,
+            weights=weights,
+            layer=layer,
+            method=method,
+            classes=classes or (),
+            top_k_cams=top_k_cams,
+            top_k=top_k,
+            batch_size=batch_size,
+        )
+        results = explainer.run(paths, options, recursive=recursive, max_pixels=max_pixels)
+    except Exception as exc:
+        raise _fail(exc, debug) from None
+
+    done = failed = 0
+    progress = _progress(quiet)
+    try:
+        for result in results:
+            progress.update(1)
+            if result.ok:
+                done += 1
+            else:
+                failed += 1
+                progress.write(f"{result.path}: {result.error}", file=sys.stderr)
+            if as_json:
+                sys.stdout.write(json.dumps(result.to_json(), sort_keys=True) + "\n")
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        progress.close()
+        _summary(done, failed, started, quiet, interrupted=True)
+        raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+    except Exception as exc:
+        progress.close()
+        raise _fail(exc, debug) from None
+    progress.close()
+    _summary(done, failed, started, quiet)
+    if done + failed == 0:
+        typer.echo("camcli: warning: no images found", err=True)
+    raise typer.Exit(int(ExitStatus.SOME_FAILED if failed else ExitStatus.OK))
+
+
+def _progress(quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        unit="img",
+        file=sys.stderr,
+        disable=quiet or not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
+
+
+def _summary(done: int, failed: int, started: float, quiet: bool, interrupted=False) -> None:
+    if quiet:
+        return
+    seconds = time.perf_counter() - started
+    rate = done / seconds if seconds > 0 else 0.0
+    state = "interrupted: " if interrupted else ""
+    typer.echo(
+        f"camcli: {state}{done} done, {failed} failed in {seconds:.1f}s ({rate:.2f} images/s)",
+        err=True,
+    )
+
+
+@app.command()
+def models(
+    pattern: Annotated[
+        str | None, typer.Argument(help="Only names matching this glob, e.g. 'efficientnet*'.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """List the models camcli knows (no TensorFlow needed)."""
+    from camcli import registry
+
+    specs = registry.list_models(pattern)
+    if as_json:
+        typer.echo(json.dumps([spec.to_dict() for spec in specs], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(specs)} models", title_justify="left")
+    for column in ("name", "input", "default layer", "preprocess", "aliases"):
+        table.add_column(column)
+    for spec in specs:
+        height, width = spec.input_size
+        table.add_row(
+            spec.name, f"{height}×{width}", spec.default_layer, spec.family, ", ".join(spec.aliases)
+        )
+    Console().print(table)
+
+
+@app.command()
+def layers(
+    model: Annotated[str, typer.Argument(help="Registry model name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and TensorFlow logs.")] = False,
+):
+    """List the layers with 4-D outputs (possible --layer targets); * marks the default."""
+    _quiet_tensorflow(debug)
+    try:
+        from camcli import loading
+
+        loaded = loading.load(model, weights="none")
+        rows = [
+            {"layer": s.path, "shape": list(s.shape), "default": s.path == loaded.layer_path}
+            for s in loading.spatial_layers(loaded.model)
+        ]
+    except Exception as exc:
+        raise _fail(exc, debug) from None
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{loaded.name}: {len(rows)} layers with 4-D outputs", title_justify="left")
+    for column in ("", "layer", "output (h, w, c)"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row("*" if row["default"] else "", row["layer"], str(tuple(row["shape"])))
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The exceptions camcli raises on purpose.
+
+Every failure a user can cause is one of these, carrying a one-line message. Only the CLI turns
+them into stderr text and exit codes; the library raises them so Python callers can catch them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    SOME_FAILED = 1
+    USAGE = 2
+    INTERRUPTED = 130
+
+
+class CamcliError(Exception):
+    """Base class: a failure with a message meant for the user."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class UsageError(CamcliError):
+    """The command as given cannot run (bad option, unknown model, missing weights...)."""
+
+
+class UnknownNameError(UsageError):
+    """A name (model, layer, class) did not resolve; the message lists close matches."""
+
+    def __init__(self, kind: str, name: str, suggestions: list[str] | tuple[str, ...] = ()):
+        self.kind, self.name, self.suggestions = kind, name, list(suggestions)
+        message = f"unknown {kind} {name!r}"
+        if self.suggestions:
+            message += " — did you mean: " + ", ".join(self.suggestions) + "?"
+        super().__init__(message)
+
+
+class WeightsError(UsageError):
+    """Model weights could not be obtained (offline download, missing or incompatible file)."""
+
+
+class InputError(CamcliError):
+    """One input could not be processed; the batch goes on without it."""
+
+    exit_status = ExitStatus.SOME_FAILED
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")

@@ -1,0 +1,210 @@
+"""Finding inputs and decoding them: files, folders, globs and stdin; every Pillow mode to RGB.
+
+No TensorFlow here. Decoding for the model is cheap on purpose: JPEGs are decoded at reduced
+scale (draft mode) straight to the model's input size; the full-resolution image is decoded
+again, from the same bytes, only behind the model when the overlay is drawn.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from camcli.errors import InputError
+from camcli.outputs import is_camcli_output
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+)
+#: Pillow's own decompression-bomb threshold (it warns above it and refuses above twice it).
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+_ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+@dataclass
+class DecodedImage:
+    """One input, decoded for the model; ``data`` keeps the file's bytes for the overlay."""
+
+    path: Path
+    data: bytes
+    size: tuple[int, int]  # (width, height) of the upright full-resolution image
+    pixels: np.ndarray  # (height, width, channels) uint8 at the model's input size
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover(
+    paths: Iterable[str], recursive: bool = False, stdin: Iterable[str] | None = None
+) -> Iterator[Path]:
+    """Yield each input once, in the order given.
+
+    ``paths`` holds files, folders (their images; all levels with ``recursive``), glob patterns,
+    or ``-`` for one path per line read from ``stdin``. Named paths that do not exist are still
+    yielded so they fail, and are reported, like any other unreadable input. Images camcli wrote
+    itself are skipped, and a file reached twice (two names, a symlink, a loop) is yielded once.
+    """
+    seen: set[str] = set()
+    for argument in paths:
+        if argument == "-":
+            lines = stdin if stdin is not None else sys.stdin
+            candidates: Iterable[Path] = (
+                Path(line.rstrip("\r\n")) for line in lines if line.strip()
+            )
+        else:
+            candidates = _expand(argument, recursive)
+        for path in candidates:
+            if is_camcli_output(path.name):
+                continue
+            key = os.path.realpath(path)
+            if key in seen:
+                continue
+            seen.add(key)
+            yield path
+
+
+def _expand(argument: str, recursive: bool) -> Iterator[Path]:
+    path = Path(argument)
+    if path.is_dir():
+        yield from _walk(path, recursive)
+    elif not path.exists() and glob.has_magic(argument):
+        for match in sorted(glob.glob(argument, recursive=True)):
+            match_path = Path(match)
+            if match_path.is_dir():
+                yield from _walk(match_path, recursive)
+            else:
+                yield match_path
+    else:
+        yield path
+
+
+def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
+    """Image files under ``folder``, sorted; symlinked folders are followed once each."""
+    visited: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited or not recursive and Path(root) != folder:
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield Path(root) / name
+        if not recursive:
+            dirs[:] = []
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def read_for_model(
+    path: Path,
+    size: tuple[int, int],
+    channels: int = 3,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> DecodedImage:
+    """Read ``path`` and decode it at the model's ``size`` (height, width), or raise InputError."""
+    data = read_bytes(path)
+    height, width = size
+    image = open_image(path, data, max_pixels)
+    upright = _upright_size(image)
+    try:
+        if image.format == "JPEG":
+            side = max(height, width)  # draft keeps at least this much in both directions
+            image.draft("RGB" if channels == 3 else "L", (side, side))
+        image = to_mode(ImageOps.exif_transpose(image), channels)
+        resized = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        pixels = np.asarray(resized, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(path, f"cannot decode image: {exc}") from exc
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    return DecodedImage(path=path, data=data, size=upright, pixels=pixels)
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise InputError(path, "no such file") from exc
+    except IsADirectoryError as exc:
+        raise InputError(path, "is a directory, not an image") from exc
+    except PermissionError as exc:
+        raise InputError(path, "permission denied") from exc
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+    if not data:
+        raise InputError(path, "empty file (0 bytes)")
+    return data
+
+
+def open_image(path: Path, data: bytes, max_pixels: int | None) -> Image.Image:
+    """Open (header only) and refuse images whose declared size exceeds ``max_pixels``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise InputError(path, "not an image file Pillow can read") from exc
+    except Image.DecompressionBombError as exc:
+        raise InputError(path, f"refused: {exc}") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(path, f"cannot decode image: {exc}") from exc
+    width, height = image.size
+    if max_pixels and width * height > max_pixels:
+        raise InputError(
+            path,
+            f"refused: {width}×{height} = {width * height:,} pixels exceeds the limit of "
+            f"{max_pixels:,} (--max-pixels)",
+        )
+    return image
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block only loses the rotation
+        orientation = None
+    return (height, width) if orientation in _ROTATING_ORIENTATIONS else (width, height)
+
+
+def to_mode(image: Image.Image, channels: int = 3) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (or L for one channel).
+
+    Transparency is composited on white, 16-bit and float images are scaled to 8 bits, CMYK
+    and palettes are converted; animated images keep their first frame.
+    """
+    target = "RGB" if channels == 3 else "L"
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    elif image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return image if image.mode == target else image.convert(target)
+
+
+def read_full(data: bytes, max_side: int | None = None) -> Image.Image:
+    """The upright RGB image at full resolution (or with its longer side capped at ``max_side``)."""
+    image = Image.open(io.BytesIO(data))
+    if max_side and image.format == "JPEG":
+        image.draft("RGB", (max_side, max_side))
+    image = to_mode(ImageOps.exif_transpose(image), 3)
+    if max_side and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return image

@@ -1,0 +1,108 @@
+"""Where results go and what they say: output naming, the JSON schema, atomic writes.
+
+Naming. For an input ``photos/cat.jpg`` the outputs sit beside it (or under ``--out-dir``,
+mirroring the input's path relative to the current folder) and keep the input's full file name,
+so ``cat.jpg`` and ``cat.png`` never write the same file:
+
+- ``cat.jpg.cam.json``                 the record (schema below)
+- ``cat.jpg.cam.png``                  the overlay, when one class is explained
+- ``cat.jpg.cam.281_tabby.png``        one overlay per class, when several are explained
+- ``cat.jpg.cam.npy`` / ``cat.jpg.cam.281_tabby.npy``   raw maps with ``--save-heatmap``
+
+Files matching these patterns are camcli's own and are never taken as inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+OUTPUT_TAG = ".cam"
+_OUTPUT_NAME = re.compile(r"\.cam(\.\d+_[\w-]*)?\.(json|png|jpg|webp|npy)$", re.IGNORECASE)
+TEMP_SUFFIX = ".camcli-tmp"
+
+
+def is_camcli_output(name: str) -> bool:
+    """True for file names camcli writes (outputs and its temporary files)."""
+    return bool(_OUTPUT_NAME.search(name)) or name.endswith(TEMP_SUFFIX)
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^\w-]+", "_", label, flags=re.ASCII).strip("_")[:60] or "class"
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The output files of one input."""
+
+    base: Path  # folder / input file name; each output appends its own suffix
+
+    @classmethod
+    def for_input(cls, path: Path, out_dir: Path | None = None) -> OutputPaths:
+        if out_dir is None:
+            return cls(path.parent / path.name)
+        absolute = Path(os.path.normpath(os.path.abspath(path)))
+        try:
+            relative = absolute.relative_to(Path.cwd())
+        except ValueError:  # outside the current folder: mirror the absolute path
+            relative = absolute.relative_to(absolute.anchor)
+        return cls(Path(out_dir) / relative)
+
+    def _with(self, suffix: str) -> Path:
+        return self.base.with_name(self.base.name + suffix)
+
+    @property
+    def record(self) -> Path:
+        return self._with(f"{OUTPUT_TAG}.json")
+
+    def overlay(self, index: int, label: str, several: bool, fmt: str = "png") -> Path:
+        return self._with(self._class_part(index, label, several) + f".{fmt}")
+
+    def heatmap(self, index: int, label: str, several: bool) -> Path:
+        return self._with(self._class_part(index, label, several) + ".npy")
+
+    @staticmethod
+    def _class_part(index: int, label: str, several: bool) -> str:
+        return f"{OUTPUT_TAG}.{index}_{_slug(label)}" if several else OUTPUT_TAG
+
+
+def atomic_write(path: Path, data: bytes, protect: Path | None = None) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader (or a later run) sees either the old file or the complete new one, never a torn
+    write. ``protect`` is the input this output belongs to: it is never overwritten.
+    """
+    if protect is not None and os.path.exists(path) and os.path.samefile(path, protect):
+        raise OSError(f"refusing to overwrite the input file {protect}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def to_json_bytes(record: dict) -> bytes:
+    """Serialise a record: sorted keys, no NaN/Infinity (they are not JSON)."""
+    return (json.dumps(record, sort_keys=True, indent=2, allow_nan=False) + "\n").encode()
+
+
+def settings_fingerprint(settings: dict) -> str:
+    """A short stable hash of everything that changes what the outputs contain."""
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

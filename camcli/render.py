@@ -1,0 +1,66 @@
+"""Colouring a heatmap and blending it over the photo.
+
+Colormaps are 256-entry lookup tables shipped as data (``data/colormaps.json``), applied as an
+image palette; resizing and blending run inside Pillow's C code, so drawing a full-resolution
+overlay costs a few milliseconds plus the encoder's time.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from importlib import resources
+
+import numpy as np
+from PIL import Image
+
+COLORMAPS = ("jet", "turbo", "viridis", "inferno", "gray")
+OVERLAY_FORMATS = ("png", "jpg", "webp")
+#: zlib level 1: about 4-5x faster than Pillow's default (6) for ~10-20 % larger overlays.
+PNG_COMPRESS_LEVEL = 1
+JPEG_QUALITY = 90
+WEBP_QUALITY = 85
+
+
+@functools.cache
+def colormap(name: str) -> np.ndarray:
+    """The ``(256, 3)`` uint8 lookup table of colormap ``name``."""
+    if name not in COLORMAPS:
+        from camcli.errors import UnknownNameError
+
+        raise UnknownNameError("colormap", name, COLORMAPS)
+    table = json.loads(resources.files("camcli").joinpath("data/colormaps.json").read_text())
+    colours = table[name]
+    return np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in colours], np.uint8)
+
+
+def colorize(cam: np.ndarray, size: tuple[int, int], name: str = "jet") -> Image.Image:
+    """Colour a normalised map and resize it bilinearly to ``size`` (width, height), once."""
+    levels = np.clip(np.asarray(cam, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    heat = Image.fromarray(levels, mode="L")
+    if heat.size != size:
+        heat = heat.resize(size, Image.Resampling.BILINEAR)
+    heat.putpalette(colormap(name).tobytes())
+    return heat.convert("RGB")
+
+
+def overlay(image: Image.Image, cam: np.ndarray, name: str = "jet", alpha: float = 0.4):
+    """``(1 - alpha) * image + alpha * colour(cam)``, at the image's own resolution."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be between 0 and 1, not {alpha}")
+    return Image.blend(image.convert("RGB"), colorize(cam, image.size, name), alpha)
+
+
+def encode(image: Image.Image, fmt: str = "png") -> bytes:
+    """Encode an overlay; the settings are the measured speed/size trade-offs above."""
+    buffer = io.BytesIO()
+    if fmt == "png":
+        image.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
+    elif fmt in ("jpg", "jpeg"):
+        image.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    elif fmt == "webp":
+        image.save(buffer, "WEBP", quality=WEBP_QUALITY)
+    else:
+        raise ValueError(f"unknown overlay format {fmt!r}; choose from {OVERLAY_FORMATS}")
+    return buffer.getvalue()
