@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,7 @@ from camcli.outputs import (
     SCHEMA_VERSION,
     OutputPaths,
     atomic_write,
+    is_up_to_date,
     settings_fingerprint,
     sha256,
     to_json_bytes,
@@ -46,11 +48,14 @@ class ImageResult:
     record: dict | None = None
     files: tuple[Path, ...] = ()
     cams: np.ndarray | None = field(default=None, repr=False)  # (k, h, w) in [0, 1]
+    skipped: bool = False  # outputs were up to date (``skip_existing``): nothing was computed
 
     def to_json(self) -> dict:
         """One line of ``--json`` output."""
         if not self.ok:
             return {"ok": False, "input": str(self.path), "error": self.error}
+        if self.skipped:
+            return {"ok": True, "skipped": True, "input": str(self.path)}
         return {"ok": True, **(self.record or {}), "files": [str(f) for f in self.files]}
 
 
@@ -93,6 +98,10 @@ class Explainer:
         top_k_cams: int | None = None,
         top_k: int = 5,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        preprocess: str | None = None,
+        labels: str | os.PathLike | None = None,
+        output: str | int | None = None,
+        unsafe_model: bool = False,
     ):
         from camcli import engine, loading
         from camcli.methods import get_method
@@ -107,7 +116,15 @@ class Explainer:
         if classes and top_k_cams:
             raise UsageError("give either --class or --top-k-cams, not both")
         self.method = get_method(method)
-        self.loaded = loading.load(model, weights=weights, layer=layer)
+        self.loaded = loading.load(
+            model,
+            weights=weights,
+            layer=layer,
+            preprocess=preprocess,
+            labels=labels,
+            output=output,
+            unsafe=unsafe_model,
+        )
         labels = self.loaded.labels
         resolved = tuple(dict.fromkeys(labels.resolve(c) for c in classes))
         self.targets = engine.Targets(classes=resolved or None, top=top_k_cams or 1)
@@ -166,8 +183,16 @@ class Explainer:
         stdin: Iterable[str] | None = None,
         max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
         workers: int | None = None,
+        skip_existing: bool = False,
+        stop: threading.Event | None = None,
     ) -> Iterator[ImageResult]:
-        """Explain every input found in ``paths``, yielding one result per input."""
+        """Explain every input found in ``paths``, yielding one result per input.
+
+        ``skip_existing``: inputs whose outputs are complete, newer than the input and made with
+        the same settings are yielded as skipped without being decoded. ``stop``: when set (the
+        CLI sets it on SIGINT/SIGTERM), no new input is started; the images already decoded are
+        finished and written, then the run ends.
+        """
         options = options or OutputOptions()
         paths = list(paths)
         inputs: Iterable[Path] = images.discover(paths, recursive=recursive, stdin=stdin)
@@ -179,8 +204,13 @@ class Explainer:
         workers = workers or max(1, os.cpu_count() or 1)
         writer = _Writer(self, options)
         height, width = self.loaded.input_size
+        fingerprint = writer.common["settings_fingerprint"]
 
         def decode(path: Path):
+            if skip_existing and is_up_to_date(
+                OutputPaths.for_input(path, options.out_dir), path, fingerprint
+            ):
+                return _SKIPPED
             try:
                 return images.read_for_model(
                     path, (height, width), self.loaded.channels, max_pixels
@@ -207,7 +237,14 @@ class Explainer:
                 while pending and (pending[0].done() or len(pending) > 2 * self.batch_size):
                     yield pending.popleft().result()
 
-            for decoded in _prefetch(decoders, decode, inputs, depth=2 * self.batch_size):
+            queue = _prefetch(decoders, decode, inputs, depth=2 * self.batch_size)
+            for path, decoded in queue:
+                if stop is not None and stop.is_set():
+                    decoders.shutdown(wait=False, cancel_futures=True)
+                    break
+                if decoded is _SKIPPED:
+                    yield ImageResult(path, ok=True, skipped=True)
+                    continue
                 if isinstance(decoded, InputError):
                     yield ImageResult(decoded.path, ok=False, error=decoded.reason)
                     continue
@@ -220,15 +257,20 @@ class Explainer:
                 yield pending.popleft().result()
 
 
+_SKIPPED = object()
+
+
 def _prefetch(pool: ThreadPoolExecutor, fn, items: Iterable, depth: int) -> Iterator:
-    """``map(fn, items)`` on ``pool``, in order, with at most ``depth`` calls in flight."""
-    window: deque[Future] = deque()
+    """``(item, fn(item))`` for each item, computed on ``pool`` with ``depth`` calls in flight."""
+    window: deque[tuple[object, Future]] = deque()
     for item in items:
-        window.append(pool.submit(fn, item))
+        window.append((item, pool.submit(fn, item)))
         if len(window) >= depth:
-            yield window.popleft().result()
+            item, future = window.popleft()
+            yield item, future.result()
     while window:
-        yield window.popleft().result()
+        item, future = window.popleft()
+        yield item, future.result()
 
 
 class _Writer:
@@ -249,13 +291,14 @@ class _Writer:
             "model": explainer.loaded.describe(),
             "method": explainer.method.name,
             "score": explainer.loaded.score,
+            "probability": explainer.loaded.probability,
             "settings_fingerprint": settings_fingerprint(settings),
         }
 
     def write(self, item: images.DecodedImage, output, i: int) -> ImageResult:
         options = self.options
         logits = output.logits[i].astype(np.float64)
-        probabilities = _softmax(logits)
+        probabilities = self.explainer.loaded.probabilities(logits)
         cams = output.cams[i]
         several = cams.shape[0] > 1
         paths = OutputPaths.for_input(item.path, options.out_dir)
@@ -300,7 +343,7 @@ class _Writer:
                     "height": height,
                     "sha256": sha256(item.data),
                 },
-                "predictions": self._predictions(probabilities),
+                "predictions": self._predictions(logits, probabilities),
                 "explanations": explanations,
             }
             if options.write:
@@ -313,8 +356,10 @@ class _Writer:
             return ImageResult(item.path, ok=False, error=f"cannot write outputs{where}: {reason}")
         return ImageResult(item.path, ok=True, record=record, files=tuple(files), cams=cams)
 
-    def _predictions(self, probabilities: np.ndarray) -> list[dict]:
-        order = np.argsort(-probabilities, kind="stable")[: self.explainer.top_k]
+    def _predictions(self, logits: np.ndarray, probabilities: np.ndarray) -> list[dict]:
+        # Rank by the logits, as the engine's top_k does (ties: lower index first): softmax in
+        # float64 can round nearly equal logits to equal probabilities and reorder them.
+        order = np.argsort(-logits, kind="stable")[: self.explainer.top_k]
         return [
             {
                 "rank": rank,
@@ -325,11 +370,6 @@ class _Writer:
             }
             for rank, index in enumerate(order, start=1)
         ]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max())
-    return shifted / shifted.sum()
 
 
 def explain(
@@ -343,6 +383,10 @@ def explain(
     top_k_cams: int | None = None,
     top_k: int = 5,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    preprocess: str | None = None,
+    labels: str | os.PathLike | None = None,
+    output: str | int | None = None,
+    unsafe_model: bool = False,
     recursive: bool = False,
     stdin: Iterable[str] | None = None,
     max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
@@ -363,5 +407,9 @@ def explain(
         top_k_cams=top_k_cams,
         top_k=top_k,
         batch_size=batch_size,
+        preprocess=preprocess,
+        labels=labels,
+        output=output,
+        unsafe_model=unsafe_model,
     )
     return explainer.run(paths, options, recursive=recursive, stdin=stdin, max_pixels=max_pixels)

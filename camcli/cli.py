@@ -6,8 +6,12 @@ TensorFlow is imported only inside the commands that need a model, so ``camcli -
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -71,7 +75,10 @@ def explain(
         typer.Argument(help="Images, folders, glob patterns, or - to read paths from stdin."),
     ],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Registry model name (see `camcli models`).")
+        str,
+        typer.Option(
+            "--model", "-m", help="Registry name (see `camcli models`) or a .keras/.h5 model file."
+        ),
     ] = "resnet50",
     weights: Annotated[
         str,
@@ -91,6 +98,24 @@ def explain(
         int | None, typer.Option(help="Explain each image's N best classes.")
     ] = None,
     top_k: Annotated[int, typer.Option(help="Predictions listed in the JSON.")] = 5,
+    preprocess: Annotated[
+        str | None,
+        typer.Option(
+            help="none, scale01, tf, caffe, torch or a registry model name "
+            "(default: the registry model's own; none for model files)."
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Class names: a text file (one per line) or a JSON list/dict."),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(help="Classification output (name or index) of a multi-output model."),
+    ] = None,
+    unsafe_model: Annotated[
+        bool, typer.Option(help="Allow model files that run Python code (Lambda layers).")
+    ] = False,
     out_dir: Annotated[
         Path | None,
         typer.Option("--out-dir", "-o", help="Write outputs here, mirroring input paths."),
@@ -108,6 +133,10 @@ def explain(
     ] = False,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend folders.")] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(help="Skip inputs whose outputs are complete, newer and made the same way."),
+    ] = False,
     max_pixels: Annotated[
         int, typer.Option(help="Refuse images declaring more pixels (decompression bombs).")
     ] = 89_478_485,
@@ -138,45 +167,80 @@ def explain(
                 "camcli: warning: --weights none: random weights, the maps mean nothing",
                 err=True,
             )
-        explainer = Explainer(
-            model=model,
-            weights=weights,
-            layer=layer,
-            method=method,
-            classes=classes or (),
-            top_k_cams=top_k_cams,
-            top_k=top_k,
-            batch_size=batch_size,
-        )
-        results = explainer.run(paths, options, recursive=recursive, max_pixels=max_pixels)
+        # Keras prints its download messages to stdout; stdout is for --json lines only.
+        with contextlib.redirect_stdout(sys.stderr):
+            explainer = Explainer(
+                model=model,
+                weights=weights,
+                layer=layer,
+                method=method,
+                classes=classes or (),
+                top_k_cams=top_k_cams,
+                top_k=top_k,
+                batch_size=batch_size,
+                preprocess=preprocess,
+                labels=labels,
+                output=output,
+                unsafe_model=unsafe_model,
+            )
+    except KeyboardInterrupt:
+        typer.echo("camcli: interrupted", err=True)
+        raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
     except Exception as exc:
         raise _fail(exc, debug) from None
 
-    done = failed = 0
+    stop = _stop_on_signals()
+    results = explainer.run(
+        paths,
+        options,
+        recursive=recursive,
+        max_pixels=max_pixels,
+        skip_existing=skip_existing,
+        stop=stop,
+    )
+    counts = {"done": 0, "skipped": 0, "failed": 0}
     progress = _progress(quiet)
     try:
         for result in results:
             progress.update(1)
-            if result.ok:
-                done += 1
-            else:
-                failed += 1
+            if not result.ok:
+                counts["failed"] += 1
                 progress.write(f"{result.path}: {result.error}", file=sys.stderr)
+            else:
+                counts["skipped" if result.skipped else "done"] += 1
             if as_json:
                 sys.stdout.write(json.dumps(result.to_json(), sort_keys=True) + "\n")
                 sys.stdout.flush()
-    except KeyboardInterrupt:
-        progress.close()
-        _summary(done, failed, started, quiet, interrupted=True)
-        raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+    except KeyboardInterrupt:  # a second signal: stop at once (outputs are atomic anyway)
+        stop.set()
+    except BrokenPipeError:
+        # The reader went away (`camcli explain --json ... | head`): stop quietly, like cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(int(ExitStatus.SOME_FAILED)) from None
     except Exception as exc:
         progress.close()
         raise _fail(exc, debug) from None
     progress.close()
-    _summary(done, failed, started, quiet)
-    if done + failed == 0:
+    _summary(counts, started, quiet, interrupted=stop.is_set())
+    if stop.is_set():
+        raise typer.Exit(int(ExitStatus.INTERRUPTED))
+    if not any(counts.values()):
         typer.echo("camcli: warning: no images found", err=True)
-    raise typer.Exit(int(ExitStatus.SOME_FAILED if failed else ExitStatus.OK))
+    raise typer.Exit(int(ExitStatus.SOME_FAILED if counts["failed"] else ExitStatus.OK))
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGINT/SIGTERM ask the run to stop after the images in flight; a second one stops now."""
+    stop = threading.Event()
+
+    def handle(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handle)
+    return stop
 
 
 def _progress(quiet: bool):
@@ -190,14 +254,16 @@ def _progress(quiet: bool):
     )
 
 
-def _summary(done: int, failed: int, started: float, quiet: bool, interrupted=False) -> None:
+def _summary(counts: dict, started: float, quiet: bool, interrupted: bool = False) -> None:
     if quiet:
         return
     seconds = time.perf_counter() - started
-    rate = done / seconds if seconds > 0 else 0.0
+    rate = counts["done"] / seconds if seconds > 0 else 0.0
     state = "interrupted: " if interrupted else ""
+    skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
     typer.echo(
-        f"camcli: {state}{done} done, {failed} failed in {seconds:.1f}s ({rate:.2f} images/s)",
+        f"camcli: {state}{counts['done']} done{skipped}, {counts['failed']} failed "
+        f"in {seconds:.1f}s ({rate:.2f} images/s)",
         err=True,
     )
 
@@ -216,7 +282,6 @@ def models(
     if as_json:
         typer.echo(json.dumps([spec.to_dict() for spec in specs], indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{len(specs)} models", title_justify="left")
@@ -227,12 +292,19 @@ def models(
         table.add_row(
             spec.name, f"{height}×{width}", spec.default_layer, spec.family, ", ".join(spec.aliases)
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command()
 def layers(
-    model: Annotated[str, typer.Argument(help="Registry model name.")],
+    model: Annotated[str, typer.Argument(help="Registry model name or .keras/.h5 model file.")],
+    output: Annotated[
+        str | None,
+        typer.Option(help="Classification output (name or index) of a multi-output model."),
+    ] = None,
+    unsafe_model: Annotated[
+        bool, typer.Option(help="Allow model files that run Python code (Lambda layers).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and TensorFlow logs.")] = False,
 ):
@@ -241,7 +313,8 @@ def layers(
     try:
         from camcli import loading
 
-        loaded = loading.load(model, weights="none")
+        weights = "file" if loading.is_model_file(model) else "none"  # shapes only
+        loaded = loading.load(model, weights=weights, output=output, unsafe=unsafe_model)
         rows = [
             {"layer": s.path, "shape": list(s.shape), "default": s.path == loaded.layer_path}
             for s in loading.spatial_layers(loaded.model)
@@ -251,7 +324,6 @@ def layers(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{loaded.name}: {len(rows)} layers with 4-D outputs", title_justify="left")
@@ -259,7 +331,14 @@ def layers(
         table.add_column(column)
     for row in rows:
         table.add_row("*" if row["default"] else "", row["layer"], str(tuple(row["shape"])))
-    Console().print(table)
+    _console().print(table)
+
+
+def _console():
+    """A rich console; piped, it is as wide as the table needs, so no name is cut short."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=10_000)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from camcli.heatmaps import normalize
-from camcli.loading import LoadedModel
+from camcli.loading import LoadedModel, patched
 from camcli.methods import Method, get_method
 
 
@@ -66,7 +66,7 @@ class Engine:
         self.method = get_method(method) if isinstance(method, str) else method
         self.compiled = compiled
         self.trace_count = 0
-        n_classes = int(loaded.model.output_shape[-1])
+        n_classes = len(loaded.labels)
         for index in targets.classes or ():
             if not 0 <= index < n_classes:
                 raise ValueError(f"class index {index} out of range for {n_classes} outputs")
@@ -102,11 +102,9 @@ class Engine:
         layer = self.loaded.layer
         k = self.targets.count
         with tf.GradientTape(watch_accessed_variables=False, persistent=k > 1) as tape:
-            with _capture_output(layer, tape) as captured:
-                logits = self.loaded.model(images, training=False)
-            if isinstance(logits, (list, tuple)):
-                logits = logits[0]
-            logits = tf.cast(logits, tf.float32)
+            with patched(self.loaded.patches), _capture_output(layer, tape) as captured:
+                outputs = self.loaded.model(images, training=False)
+            logits = self._scores(outputs)
             targets = self._choose_targets(logits)
             scores = tf.gather(logits, targets, batch_dims=1)  # (n, k)
             # Each image's score depends only on its own activations (inference mode), so the
@@ -116,6 +114,17 @@ class Engine:
         gradients = tf.stack([tape.gradient(total, activations) for total in totals])
         del tape
         return logits, targets, scores, activations, gradients
+
+    def _scores(self, outputs):
+        """The class scores: the chosen output; a binary sigmoid unit z becomes (-z, z)."""
+        if isinstance(outputs, dict):
+            outputs = list(outputs.values())
+        if isinstance(outputs, (list, tuple)):
+            outputs = outputs[self.loaded.output_index]
+        logits = tf.cast(outputs, tf.float32)
+        if self.loaded.binary:
+            logits = tf.concat([-logits, logits], axis=-1)
+        return logits
 
     def _choose_targets(self, logits):
         n = tf.shape(logits)[0]

@@ -14,7 +14,9 @@ from PIL import Image
 
 #: A map whose positive part is below this fraction of its magnitude is numerical noise.
 RELATIVE_EPS = 1e-6
-ABSOLUTE_EPS = 1e-12
+#: Below this a peak is indistinguishable from zero in float32. Not larger: CAM magnitudes follow
+#: the model's scale (random-weight MobileNets give real maps peaking near 1e-21).
+ABSOLUTE_EPS = float(np.finfo(np.float32).tiny)
 
 
 def normalize(raw: np.ndarray, reference_scale: np.ndarray | None = None):
@@ -24,13 +26,14 @@ def normalize(raw: np.ndarray, reference_scale: np.ndarray | None = None):
     only at the level of float noise relative to ``reference_scale``) stays all-zero and is
     flagged empty instead of being blown up to noise or NaN.
     """
-    raw = np.asarray(raw, dtype=np.float32)
-    peak = raw.reshape(len(raw), -1).max(axis=1) if raw.size else np.zeros(len(raw), np.float32)
+    # float64 so a map beyond float32's range is scaled, not cast to inf and dropped as empty
+    raw = np.asarray(raw, dtype=np.float64)
+    peak = raw.reshape(len(raw), -1).max(axis=1) if raw.size else np.zeros(len(raw))
     scale = np.abs(raw).reshape(len(raw), -1).max(axis=1) if reference_scale is None else (
-        np.asarray(reference_scale, dtype=np.float32)
+        np.asarray(reference_scale, dtype=np.float64)
     )
     empty = peak <= np.maximum(ABSOLUTE_EPS, RELATIVE_EPS * scale)
-    divisor = np.where(empty, 1.0, peak).astype(np.float32)[:, None, None]
+    divisor = np.where(empty, 1.0, peak)[:, None, None]
     maps = np.where(empty[:, None, None], 0.0, np.clip(raw / divisor, 0.0, 1.0))
     return maps.astype(np.float32), empty
 

@@ -1,25 +1,38 @@
-"""Building or loading a model and finding the layer to explain.
+"""Building or loading a model and finding what to explain in it.
 
-This is the only module (with :mod:`camcli.engine`) that imports Keras. It turns a model name
-from the registry plus a weights choice into a :class:`LoadedModel`: the Keras model built to
-return pre-softmax scores, the target layer, the input geometry, the preprocessing function and
-the class names.
+This module (with :mod:`camcli.engine`) is where Keras is used. It turns ``--model`` (a registry
+name, or a ``.keras``/``.h5`` file of the user's) into a :class:`LoadedModel`: the Keras model, the
+target layer (found in nested models too), the input geometry, the preprocessing, the class names,
+and how to reach the pre-activation class scores when the model ends in softmax or sigmoid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from camcli import registry
 from camcli.errors import UnknownNameError, UsageError, WeightsError
-from camcli.labels import Labels, imagenet_labels
+from camcli.labels import Labels, generic_labels, imagenet_labels, load_label_file
+from camcli.preprocessing import get_preprocess
 
-WEIGHT_CHOICES = ("imagenet", "none")
+MODEL_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
+#: Input size used when a fully convolutional model does not fix one.
+FALLBACK_INPUT_SIZE = (224, 224)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Replace ``layer.<attribute>`` by ``value`` while camcli runs the model, then restore it."""
+
+    layer: object
+    attribute: str
+    value: object
 
 
 @dataclass
@@ -36,7 +49,30 @@ class LoadedModel:
     preprocess: Callable[[np.ndarray], np.ndarray]
     preprocess_name: str
     labels: Labels
-    score: str = "logit"
+    output_index: int = 0
+    activation: str = "none"  # the output activation camcli removed: softmax, sigmoid or none
+    binary: bool = False  # one sigmoid unit: scores become (negative, positive) = (-z, z)
+    patches: tuple[Patch, ...] = field(default=())
+
+    @property
+    def score(self) -> str:
+        """The score a map explains, as recorded in the JSON."""
+        if self.binary:
+            return "logit (class 1), negated logit (class 0)"
+        return "logit" if self.activation != "none" else "output"
+
+    @property
+    def probability(self) -> str:
+        """How reported probabilities are computed from the scores."""
+        return "sigmoid" if self.activation == "sigmoid" else "softmax"
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Probabilities from one image's scores (sigmoid per class for sigmoid heads)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if self.probability == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-scores))
+        shifted = np.exp(scores - scores.max())
+        return shifted / shifted.sum()
 
     def describe(self) -> dict:
         return {
@@ -45,6 +81,8 @@ class LoadedModel:
             "layer": self.layer_path,
             "input_size": list(self.input_size),
             "preprocess": self.preprocess_name,
+            "output_index": self.output_index,
+            "output_activation": self.activation,
         }
 
 
@@ -52,9 +90,29 @@ class LoadedModel:
 class SpatialLayer:
     """A layer whose output is a 4-D (batch, height, width, channels) feature map."""
 
-    path: str  # "name" or "nested_model/name"
+    path: str  # "name", or "nested_model/name" through nested models
     layer: object
     shape: tuple  # (height, width, channels)
+
+
+@contextlib.contextmanager
+def patched(patches: tuple[Patch, ...]):
+    """Apply ``patches`` for the duration of the block; the model is restored afterwards."""
+    saved = [(p, p.layer.__dict__.get(p.attribute, _MISSING)) for p in patches]
+    try:
+        for patch in patches:
+            setattr(patch.layer, patch.attribute, patch.value)
+        yield
+    finally:
+        for patch, old in reversed(saved):
+            if old is _MISSING:
+                with contextlib.suppress(AttributeError):
+                    delattr(patch.layer, patch.attribute)
+            else:
+                setattr(patch.layer, patch.attribute, old)
+
+
+_MISSING = object()
 
 
 def keras_cache_dir() -> Path:
@@ -63,24 +121,75 @@ def keras_cache_dir() -> Path:
     return Path(home) / "models"
 
 
-def load(model: str, weights: str = "imagenet", layer: str | None = None) -> LoadedModel:
-    """Build registry model ``model`` with ``weights`` ("imagenet", "none" or a file path)."""
-    spec = registry.get_spec(model)
-    keras_model, weights_label = _build_with_weights(spec, weights)
-    target = resolve_layer(keras_model, layer) if layer else _registry_default(keras_model, spec)
-    height, width = spec.input_size
+def is_model_file(model: str) -> bool:
+    return model.lower().endswith(MODEL_FILE_SUFFIXES) or os.path.isfile(model)
+
+
+def load(
+    model: str,
+    weights: str = "imagenet",
+    layer: str | None = None,
+    preprocess: str | None = None,
+    labels: str | os.PathLike | None = None,
+    output: str | int | None = None,
+    unsafe: bool = False,
+) -> LoadedModel:
+    """Build a registry model, or load a user's model file, ready to explain.
+
+    Registry models use ``weights`` ("imagenet", "none" or a weights file), ImageNet labels and
+    their family's preprocessing. Model files bring their own weights; their preprocessing
+    defaults to ``none`` and their classes are ``class_<i>`` unless ``labels`` names a file.
+    """
+    if is_model_file(model):
+        keras_model = _load_model_file(Path(model), unsafe)
+        name, weights_label, default_preprocess = str(model), "file", "none"
+        choice = weights.strip().lower()
+        if choice == "none":
+            raise UsageError("--weights none applies to registry models; a model file has weights")
+        if choice not in ("imagenet", "file"):  # the default, or a weights file to load on top
+            keras_model, weights_label = _load_weights(keras_model, weights, name)
+        default_labels = None
+    else:
+        spec = registry.get_spec(model)
+        keras_model, weights_label = _build_with_weights(spec, weights)
+        name, default_preprocess = spec.name, spec.name
+        default_labels = imagenet_labels()
+    output_index = _choose_output(keras_model, output)
+    activation, patches = _output_activation(keras_model, output_index)
+    n_outputs = int(_output_shapes(keras_model)[output_index][-1])
+    binary = activation == "sigmoid" and n_outputs == 1
+    n_classes = 2 if binary else n_outputs
+    if labels is not None:
+        class_labels = load_label_file(labels, expected=n_classes)
+    elif default_labels is not None and len(default_labels) == n_classes:
+        class_labels = default_labels
+    else:
+        class_labels = generic_labels(n_classes)
+    # The rule, not the registry's stored name, picks the default: auto-generated layer names
+    # (NASNet, MobileNetV3) depend on what the process built before. The registry test checks
+    # that the rule gives the stored name in a fresh process.
+    target = resolve_layer(keras_model, layer) if layer else default_layer(keras_model)
+    preprocess_fn, preprocess_name = get_preprocess(preprocess or default_preprocess)
+    height, width, channels = _input_geometry(keras_model)
     return LoadedModel(
         model=keras_model,
-        name=spec.name,
+        name=name,
         weights=weights_label,
         layer=target.layer,
         layer_path=target.path,
         input_size=(height, width),
-        channels=3,
-        preprocess=spec.preprocess_input(),
-        preprocess_name=spec.family,
-        labels=imagenet_labels(),
+        channels=channels,
+        preprocess=preprocess_fn,
+        preprocess_name=preprocess_name,
+        labels=class_labels,
+        output_index=output_index,
+        activation=activation,
+        binary=binary,
+        patches=patches,
     )
+
+
+# --------------------------------------------------------------------------- building
 
 
 def _build_with_weights(spec: registry.ModelSpec, weights: str):
@@ -97,24 +206,129 @@ def _build_with_weights(spec: registry.ModelSpec, weights: str):
                 "put the file there, pass --weights PATH to use a local weights file, "
                 "or --weights none for random weights"
             ) from exc
-    path = Path(choice).expanduser()
+    return _load_weights(spec.build(weights=None), choice, spec.name)
+
+
+def _load_weights(keras_model, weights: str, name: str):
+    path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(
-            f"weights file {choice!r} not found (use --weights imagenet, none or a file path)"
+            f"weights file {weights!r} not found (use --weights imagenet, none or a file path)"
         )
-    keras_model = spec.build(weights=None)
     try:
         keras_model.load_weights(str(path))
     except Exception as exc:
-        raise WeightsError(
-            f"{path}: cannot load as weights for {spec.name}: {_first_line(exc)}"
-        ) from exc
+        reason = _first_line(exc)
+        raise WeightsError(f"{path}: cannot load as weights for {name}: {reason}") from exc
     return keras_model, str(path)
+
+
+def _load_model_file(path: Path, unsafe: bool):
+    """Load a ``.keras`` or legacy ``.h5`` model without compiling it, in safe mode by default."""
+    import keras
+
+    if not path.is_file():
+        raise UsageError(f"{path}: model file not found")
+    try:
+        return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe)
+    except Exception as exc:
+        message = str(exc)
+        if "safe_mode" in message or "unsafe" in message.lower():
+            raise UsageError(
+                f"{path}: refused to load: the model contains Python code (a Lambda layer) that "
+                "would run on loading; pass --unsafe-model only if you trust this file"
+            ) from exc
+        raise UsageError(f"{path}: cannot load model: {_first_line(exc)}") from exc
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _input_geometry(keras_model) -> tuple[int, int, int]:
+    shape = keras_model.input_shape
+    if isinstance(shape, list):
+        if len(shape) != 1:
+            raise UsageError(f"the model has {len(shape)} inputs; camcli explains one image input")
+        shape = shape[0]
+    if len(shape) != 4:
+        raise UsageError(f"the model's input shape {tuple(shape)} is not (batch, h, w, channels)")
+    _, height, width, channels = shape
+    if channels not in (1, 3):
+        raise UsageError(f"the model takes {channels}-channel images; camcli supports 1 or 3")
+    if height is None or width is None:
+        height, width = FALLBACK_INPUT_SIZE
+    return int(height), int(width), int(channels)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _output_shapes(keras_model) -> list[tuple]:
+    shape = keras_model.output_shape
+    return list(shape) if isinstance(shape, list) else [shape]
+
+
+def _output_names(keras_model) -> list[str]:
+    return [_producer(t).name for t in keras_model.outputs]
+
+
+def _choose_output(keras_model, output: str | int | None) -> int:
+    """The index of the classification head (``--output``), required when there are several."""
+    shapes = _output_shapes(keras_model)
+    names = _output_names(keras_model)
+    if output is None:
+        if len(shapes) > 1:
+            raise UsageError(
+                f"the model has {len(shapes)} outputs ({', '.join(names)}); "
+                "choose the classification head with --output NAME or INDEX"
+            )
+        index = 0
+    elif str(output).isdigit():
+        index = int(output)
+        if index >= len(shapes):
+            raise UsageError(f"--output {index}: the model has {len(shapes)} output(s)")
+    elif str(output) in names:
+        index = names.index(str(output))
+    else:
+        raise UnknownNameError("output", str(output), names)
+    if len(shapes[index]) != 2:
+        raise UsageError(
+            f"output {names[index]!r} has shape {tuple(shapes[index])}; "
+            "camcli explains a (batch, classes) classification output"
+        )
+    return index
+
+
+def _producer(tensor):
+    """The layer that produced a symbolic tensor, looking inside nested models."""
+    operation = tensor._keras_history.operation
+    while hasattr(operation, "layers") and len(getattr(operation, "outputs", ())) == 1:
+        operation = operation.outputs[0]._keras_history.operation
+    return operation
+
+
+def _output_activation(keras_model, index: int) -> tuple[str, tuple[Patch, ...]]:
+    """Find a final softmax/sigmoid on output ``index`` and the patches that bypass it.
+
+    Grad-CAM needs the pre-activation score: a softmax's gradient is nearly zero once the model
+    is confident, which gives blank maps. The patches act only while camcli runs the model; the
+    model object and the user's file stay as they were.
+    """
+    import keras
+
+    layer = _producer(keras_model.outputs[index])
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax", (Patch(layer, "call", lambda inputs, *args, **kwargs: inputs),)
+    function = getattr(layer, "activation", None)
+    name = getattr(function, "__name__", "")
+    if name in ("softmax", "sigmoid"):
+        return name, (Patch(layer, "activation", keras.activations.linear),)
+    return "none", ()
+
+
+# --------------------------------------------------------------------------- layers
 
 
 def spatial_layers(model, prefix: str = "") -> Iterator[SpatialLayer]:
@@ -152,10 +366,6 @@ def default_layer(model) -> SpatialLayer:
     return candidates[-1]
 
 
-def _registry_default(model, spec: registry.ModelSpec) -> SpatialLayer:
-    return resolve_layer(model, spec.default_layer)
-
-
 def resolve_layer(model, path: str) -> SpatialLayer:
     """Find the layer at ``path`` ("name" or "outer/inner/name"); did-you-mean on failure."""
     layers = list(spatial_layers(model))
@@ -166,10 +376,15 @@ def resolve_layer(model, path: str) -> SpatialLayer:
     by_name = [c for c in layers if c.path.rsplit("/", 1)[-1] == path]
     if len(by_name) == 1:
         return by_name[0]
+    if len(by_name) > 1:
+        raise UsageError(
+            f"layer name {path!r} is ambiguous: " + ", ".join(c.path for c in by_name)
+        )
     import difflib
 
     names = [c.path for c in layers]
+    leaves = {c.path.rsplit("/", 1)[-1]: c.path for c in layers}
     close = difflib.get_close_matches(path, names, n=5, cutoff=0.5)
-    if not close:
-        close = names[-3:]
+    close += [leaves[n] for n in difflib.get_close_matches(path, list(leaves), n=5, cutoff=0.5)]
+    close = list(dict.fromkeys(close))[:5] or names[-3:]
     raise UnknownNameError("layer", path, close)

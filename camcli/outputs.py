@@ -25,7 +25,11 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 OUTPUT_TAG = ".cam"
-_OUTPUT_NAME = re.compile(r"\.cam(\.\d+_[\w-]*)?\.(json|png|jpg|webp|npy)$", re.IGNORECASE)
+# An output name is an input's full name (with its extension) + ".cam" [+ ".<index>_<label>"]
+# + a suffix; requiring the input's extension keeps user files like "door.cam.jpg" as inputs.
+_OUTPUT_NAME = re.compile(
+    r"\.[A-Za-z0-9]{1,5}\.cam(\.\d+_[\w-]*)?\.(json|png|jpg|webp|npy)$", re.IGNORECASE
+)
 TEMP_SUFFIX = ".camcli-tmp"
 
 
@@ -106,3 +110,26 @@ def settings_fingerprint(settings: dict) -> str:
     """A short stable hash of everything that changes what the outputs contain."""
     canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def is_up_to_date(paths: OutputPaths, input_path: Path, fingerprint: str) -> bool:
+    """True when ``input_path``'s outputs are complete, newer than it and made the same way.
+
+    The record is written last and names every other output, so a readable record with the
+    same settings fingerprint whose files all exist means the earlier run finished this input.
+    """
+    try:
+        record_stat = paths.record.stat()
+        if record_stat.st_mtime < Path(input_path).stat().st_mtime:
+            return False
+        record = json.loads(paths.record.read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("settings_fingerprint") != fingerprint:
+        return False
+    folder = paths.record.parent
+    for entry in record.get("explanations", []):
+        for key in ("overlay", "heatmap"):
+            if entry.get(key) and not (folder / entry[key]).is_file():
+                return False
+    return True

@@ -1,0 +1,219 @@
+"""Output naming, atomic writes and the JSON encoding (camcli.outputs); no TensorFlow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from camcli.api import OutputOptions
+from camcli.errors import UnknownNameError, UsageError
+from camcli.images import discover
+from camcli.labels import imagenet_labels
+from camcli.outputs import (
+    OutputPaths,
+    atomic_write,
+    is_camcli_output,
+    settings_fingerprint,
+    sha256,
+    to_json_bytes,
+)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*") if p.name.endswith(".camcli-tmp")]
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def test_outputs_sit_beside_the_input_and_keep_its_full_name():
+    paths = OutputPaths.for_input(Path("photos/cat.jpg"))
+    assert paths.record == Path("photos/cat.jpg.cam.json")
+    assert paths.overlay(281, "tabby", several=False) == Path("photos/cat.jpg.cam.png")
+    assert paths.overlay(281, "tabby", several=False, fmt="webp") == Path("photos/cat.jpg.cam.webp")
+    assert paths.heatmap(281, "tabby", several=False) == Path("photos/cat.jpg.cam.npy")
+
+
+def test_several_classes_get_labelled_names():
+    paths = OutputPaths.for_input(Path("cat.jpg"))
+    assert paths.overlay(281, "tabby", several=True) == Path("cat.jpg.cam.281_tabby.png")
+    assert paths.heatmap(285, "Egyptian_cat", several=True) == Path(
+        "cat.jpg.cam.285_Egyptian_cat.npy"
+    )
+    names = {paths.overlay(i, "x", several=True) for i in range(5)}
+    assert len(names) == 5
+    # characters that do not belong in file names are replaced
+    odd = paths.overlay(7, "potter's wheel/\u00e9", several=True).name
+    assert odd.startswith("cat.jpg.cam.7_potter_s_wheel") and odd.endswith(".png")
+    assert "/" not in odd and " " not in odd and "'" not in odd
+
+
+def test_same_stem_different_extension_never_collide():
+    def all_outputs(name: str) -> set[Path]:
+        p = OutputPaths.for_input(Path("d") / name)
+        files = {p.record}
+        for several in (False, True):
+            for fmt in ("png", "jpg", "webp"):
+                files.add(p.overlay(1, "goldfish", several, fmt))
+            files.add(p.heatmap(1, "goldfish", several))
+        return files
+
+    jpg, png = all_outputs("a.jpg"), all_outputs("a.png")
+    assert len(jpg) == len(png) == 9
+    assert not jpg & png
+    # and no output of one input is the other input
+    assert Path("d/a.png") not in jpg and Path("d/a.jpg") not in png
+
+
+def test_every_name_camcli_writes_is_recognised_as_its_own():
+    labels = imagenet_labels()
+    paths = OutputPaths.for_input(Path("x.jpg"))
+    written = [paths.record]
+    for index in range(len(labels)):
+        label = labels.name(index)
+        for fmt in ("png", "jpg", "webp"):
+            written.append(paths.overlay(index, label, True, fmt))
+        written.append(paths.heatmap(index, label, True))
+    for several in (False, True):
+        written.append(paths.overlay(3, labels.name(3), several))
+    unrecognised = [p.name for p in written if not is_camcli_output(p.name)]
+    assert unrecognised == []
+
+
+@pytest.mark.parametrize(
+    "name", [
+        "a.jpg", "a.png", "camera.png", "scam.png", "a.camera.png", "a.cam", "a.jpg.cam.txt",
+        "door.cam.jpg", "security.cam.png",
+    ]
+)
+def test_ordinary_images_are_not_taken_for_outputs(name):
+    assert not is_camcli_output(name)
+
+
+def test_out_dir_mirrors_paths_relative_to_the_current_folder(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = Path("out")
+
+    relative = OutputPaths.for_input(Path("photos/2024/cat.jpg"), out)
+    assert relative.record == out / "photos/2024/cat.jpg.cam.json"
+    absolute_inside = OutputPaths.for_input(work / "photos/2024/cat.jpg", out)
+    assert absolute_inside.record == relative.record
+    dotted = OutputPaths.for_input(Path("./photos/../photos/2024/cat.jpg"), out)
+    assert dotted.record == relative.record
+
+    # Outside the current folder: the absolute path is mirrored whole, so two inputs with the
+    # same name in different folders still get different outputs.
+    outside = OutputPaths.for_input(tmp_path / "elsewhere" / "cat.jpg", out)
+    anchor = Path(tmp_path.anchor)
+    assert outside.record == out / (tmp_path / "elsewhere").relative_to(anchor) / "cat.jpg.cam.json"
+    parent = OutputPaths.for_input(Path("../elsewhere/cat.jpg"), out)
+    assert parent.record == outside.record
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def test_atomic_write_creates_folders_replaces_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "deep" / "er" / "a.jpg.cam.json"
+    atomic_write(target, b"first")
+    assert target.read_bytes() == b"first"
+    atomic_write(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.jpg.cam.json"]
+
+
+def test_atomic_write_failure_removes_its_temp_file_and_keeps_the_old_content(tmp_path):
+    target = tmp_path / "a.jpg.cam.png"
+    target.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        atomic_write(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert _leftovers(tmp_path) == []
+
+    in_the_way = tmp_path / "b.jpg.cam.png"
+    in_the_way.mkdir()  # the rename itself fails
+    with pytest.raises(OSError):
+        atomic_write(in_the_way, b"data")
+    assert in_the_way.is_dir()
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_write_never_overwrites_the_protected_input(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"precious")
+    with pytest.raises(OSError, match="refusing to overwrite the input"):
+        atomic_write(photo, b"overlay", protect=photo)
+
+    hard = tmp_path / "photo.jpg.cam.png"
+    os.link(photo, hard)  # the output name is another name of the input file
+    with pytest.raises(OSError, match="refusing to overwrite the input"):
+        atomic_write(hard, b"overlay", protect=photo)
+
+    soft = tmp_path / "photo.jpg.cam.json"
+    soft.symlink_to(photo)
+    with pytest.raises(OSError, match="refusing to overwrite the input"):
+        atomic_write(soft, b"{}", protect=photo)
+
+    assert photo.read_bytes() == b"precious"
+    assert _leftovers(tmp_path) == []
+    # an unrelated existing output is simply replaced
+    other = tmp_path / "other.png.cam.json"
+    other.write_bytes(b"stale")
+    atomic_write(other, b"fresh", protect=photo)
+    assert other.read_bytes() == b"fresh"
+
+
+def test_temp_files_of_an_interrupted_write_are_not_inputs_on_the_next_run(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / ".a.png.cam.png.abcd1234.camcli-tmp").write_bytes(b"half")
+    assert [p.name for p in discover([str(tmp_path / "*"), str(tmp_path / ".*")])] == ["a.png"]
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def test_json_bytes_have_sorted_keys_at_every_level():
+    record = {"zeta": 1, "alpha": {"y": [{"b": 1, "a": 2}], "x": None}, "mid": "é"}
+    data = to_json_bytes(record)
+    assert isinstance(data, bytes) and data.endswith(b"\n")
+    assert json.loads(data) == record
+    text = data.decode()
+    assert text.index('"alpha"') < text.index('"mid"') < text.index('"zeta"')
+    assert text.index('"x"') < text.index('"y"')
+    assert text.index('"a"') < text.index('"b"')
+    assert data == to_json_bytes(dict(reversed(list(record.items()))))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_json_refuses_nan_and_infinity(bad):
+    with pytest.raises(ValueError):
+        to_json_bytes({"peak": {"x": bad}})
+
+
+def test_sha256_and_settings_fingerprint():
+    assert sha256(b"abc") == hashlib.sha256(b"abc").hexdigest()
+    settings = {"model": {"name": "resnet50"}, "alpha": 0.4, "colormap": "jet"}
+    same = {"colormap": "jet", "alpha": 0.4, "model": {"name": "resnet50"}}
+    assert settings_fingerprint(settings) == settings_fingerprint(same)
+    assert settings_fingerprint(settings) != settings_fingerprint({**settings, "alpha": 0.5})
+
+
+# --------------------------------------------------------------------------- output options
+
+
+def test_output_options_are_checked_before_any_work():
+    with pytest.raises(UnknownNameError, match="colormap 'plasma'"):
+        OutputOptions(colormap="plasma")
+    with pytest.raises(UsageError, match="overlay format 'gif'"):
+        OutputOptions(overlay_format="gif")
+    for alpha in (-0.1, 1.5):
+        with pytest.raises(UsageError, match="--alpha"):
+            OutputOptions(alpha=alpha)
+    assert OutputOptions(alpha=0.0, colormap="gray", overlay_format="webp").alpha == 0.0
