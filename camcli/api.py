@@ -9,9 +9,11 @@ instead of stopping the run.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,6 +51,7 @@ class ImageResult:
     files: tuple[Path, ...] = ()
     cams: np.ndarray | None = field(default=None, repr=False)  # (k, h, w) in [0, 1]
     skipped: bool = False  # outputs were up to date (``skip_existing``): nothing was computed
+    exception: BaseException | None = field(default=None, repr=False)  # why it failed (--debug)
 
     def to_json(self) -> dict:
         """One line of ``--json`` output."""
@@ -57,6 +60,32 @@ class ImageResult:
         if self.skipped:
             return {"ok": True, "skipped": True, "input": str(self.path)}
         return {"ok": True, **(self.record or {}), "files": [str(f) for f in self.files]}
+
+
+class RunStats:
+    """Seconds spent per pipeline stage, summed over threads, to show where a run's time goes.
+
+    ``decode``, ``render``, ``encode`` and ``write`` run in worker threads; ``compute`` is the
+    engine; ``input_wait`` is the model's thread waiting for decoded images and ``output_wait``
+    it waiting for the writers to make room (back-pressure).
+    """
+
+    STAGES = ("decode", "compute", "render", "encode", "write", "input_wait", "output_wait")
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(self.STAGES, 0.0)
+        self.images = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def time(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                self.seconds[stage] += elapsed
 
 
 @dataclass(frozen=True)
@@ -185,14 +214,16 @@ class Explainer:
         workers: int | None = None,
         skip_existing: bool = False,
         stop: threading.Event | None = None,
+        stats: RunStats | None = None,
     ) -> Iterator[ImageResult]:
         """Explain every input found in ``paths``, yielding one result per input.
 
         ``skip_existing``: inputs whose outputs are complete, newer than the input and made with
         the same settings are yielded as skipped without being decoded. ``stop``: when set (the
         CLI sets it on SIGINT/SIGTERM), no new input is started; the images already decoded are
-        finished and written, then the run ends.
+        finished and written, then the run ends. ``stats``: filled with per-stage timings.
         """
+        stats = stats or RunStats()
         options = options or OutputOptions()
         paths = list(paths)
         inputs: Iterable[Path] = images.discover(paths, recursive=recursive, stdin=stdin)
@@ -202,7 +233,7 @@ class Explainer:
             compiled = len(inputs) > EAGER_MAX_IMAGES
         engine = self.engine(compiled)
         workers = workers or max(1, os.cpu_count() or 1)
-        writer = _Writer(self, options)
+        writer = _Writer(self, options, stats)
         height, width = self.loaded.input_size
         fingerprint = writer.common["settings_fingerprint"]
 
@@ -212,9 +243,10 @@ class Explainer:
             ):
                 return _SKIPPED
             try:
-                return images.read_for_model(
-                    path, (height, width), self.loaded.channels, max_pixels
-                )
+                with stats.time("decode"):
+                    return images.read_for_model(
+                        path, (height, width), self.loaded.channels, max_pixels
+                    )
             except InputError as exc:
                 return exc
             except Exception as exc:  # a decoder bug on one odd file must not stop the run
@@ -230,14 +262,19 @@ class Explainer:
             batch: list[images.DecodedImage] = []
 
             def flush() -> Iterator[ImageResult]:
-                output = engine.run(self.preprocess(np.stack([item.pixels for item in batch])))
+                with stats.time("compute"):
+                    pixels = np.stack([item.pixels for item in batch])
+                    output = engine.run(self.preprocess(pixels))
+                stats.images += len(batch)
                 for i, item in enumerate(batch):
                     pending.append(writers.submit(writer.write, item, output, i))
                 batch.clear()
                 while pending and (pending[0].done() or len(pending) > 2 * self.batch_size):
-                    yield pending.popleft().result()
+                    with stats.time("output_wait"):
+                        result = pending.popleft().result()
+                    yield result
 
-            queue = _prefetch(decoders, decode, inputs, depth=2 * self.batch_size)
+            queue = _prefetch(decoders, decode, inputs, 2 * self.batch_size, stats)
             for path, decoded in queue:
                 if stop is not None and stop.is_set():
                     decoders.shutdown(wait=False, cancel_futures=True)
@@ -246,7 +283,9 @@ class Explainer:
                     yield ImageResult(path, ok=True, skipped=True)
                     continue
                 if isinstance(decoded, InputError):
-                    yield ImageResult(decoded.path, ok=False, error=decoded.reason)
+                    yield ImageResult(
+                        decoded.path, ok=False, error=decoded.reason, exception=decoded
+                    )
                     continue
                 batch.append(decoded)
                 if len(batch) == self.batch_size:
@@ -260,28 +299,33 @@ class Explainer:
 _SKIPPED = object()
 
 
-def _prefetch(pool: ThreadPoolExecutor, fn, items: Iterable, depth: int) -> Iterator:
+def _prefetch(pool, fn, items: Iterable, depth: int, stats: RunStats) -> Iterator:
     """``(item, fn(item))`` for each item, computed on ``pool`` with ``depth`` calls in flight."""
     window: deque[tuple[object, Future]] = deque()
+
+    def oldest():
+        item, future = window.popleft()
+        with stats.time("input_wait"):
+            return item, future.result()
+
     for item in items:
         window.append((item, pool.submit(fn, item)))
         if len(window) >= depth:
-            item, future = window.popleft()
-            yield item, future.result()
+            yield oldest()
     while window:
-        item, future = window.popleft()
-        yield item, future.result()
+        yield oldest()
 
 
 class _Writer:
     """Draws, encodes and writes one image's outputs (runs in the writer threads)."""
 
-    def __init__(self, explainer: Explainer, options: OutputOptions):
+    def __init__(self, explainer: Explainer, options: OutputOptions, stats: RunStats):
         import keras
         import tensorflow as tf
 
         self.explainer = explainer
         self.options = options
+        self.stats = stats
         self.labels = explainer.loaded.labels
         settings = explainer.settings(options)
         self.common = {
@@ -306,7 +350,9 @@ class _Writer:
         files: list[Path] = []
         explanations = []
         try:
-            full = images.read_full(item.data, options.max_overlay_side) if options.write else None
+            if options.write:
+                with self.stats.time("decode"):
+                    full = images.read_full(item.data, options.max_overlay_side)
             for k, index in enumerate(int(c) for c in output.targets[i]):
                 label = self.labels.name(index)
                 entry = {
@@ -322,9 +368,12 @@ class _Writer:
                 }
                 if options.write:
                     overlay_path = paths.overlay(index, label, several, options.overlay_format)
-                    picture = render.overlay(full, cams[k], options.colormap, options.alpha)
-                    atomic_write(overlay_path, render.encode(picture, options.overlay_format),
-                                 protect=item.path)
+                    with self.stats.time("render"):
+                        picture = render.overlay(full, cams[k], options.colormap, options.alpha)
+                    with self.stats.time("encode"):
+                        encoded = render.encode(picture, options.overlay_format)
+                    with self.stats.time("write"):
+                        atomic_write(overlay_path, encoded, protect=item.path)
                     files.append(overlay_path)
                     entry["overlay"] = overlay_path.name
                     if options.save_heatmap:
@@ -353,7 +402,12 @@ class _Writer:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-            return ImageResult(item.path, ok=False, error=f"cannot write outputs{where}: {reason}")
+            return ImageResult(
+                item.path, ok=False, error=f"cannot write outputs{where}: {reason}", exception=exc
+            )
+        except Exception as exc:  # e.g. Pillow failing on the full-resolution decode
+            error = InputError(item.path, f"cannot draw the overlay: {exc!r}")
+            return ImageResult(item.path, ok=False, error=error.reason, exception=exc)
         return ImageResult(item.path, ok=True, record=record, files=tuple(files), cams=cams)
 
     def _predictions(self, logits: np.ndarray, probabilities: np.ndarray) -> list[dict]:

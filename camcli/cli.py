@@ -206,6 +206,9 @@ def explain(
             if not result.ok:
                 counts["failed"] += 1
                 progress.write(f"{result.path}: {result.error}", file=sys.stderr)
+                if debug and result.exception is not None:
+                    trace = traceback.format_exception(result.exception)
+                    progress.write("".join(trace).rstrip("\n"), file=sys.stderr)
             else:
                 counts["skipped" if result.skipped else "done"] += 1
             if as_json:

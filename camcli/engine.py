@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -85,7 +86,7 @@ class Engine:
         n, k = targets.shape
         # (k, n, h, w, c) -> one formula call over all n*k (image, class) pairs
         a = np.broadcast_to(activations[None], gradients.shape).reshape(-1, *activations.shape[1:])
-        raw = self.method.formula(a, gradients.reshape(-1, *gradients.shape[2:]))
+        raw = self.method.cam(a, gradients.reshape(-1, *gradients.shape[2:]))
         cams, empty = normalize(raw)
         cams = cams.reshape(k, n, *cams.shape[1:]).transpose(1, 0, 2, 3)
         return BatchOutput(
@@ -118,7 +119,8 @@ class Engine:
     def _scores(self, outputs):
         """The class scores: the chosen output; a binary sigmoid unit z becomes (-z, z)."""
         if isinstance(outputs, dict):
-            outputs = list(outputs.values())
+            # In the order of ``model.outputs`` (sorted keys), which ``output_index`` counts in.
+            outputs = keras.tree.flatten(outputs)
         if isinstance(outputs, (list, tuple)):
             outputs = outputs[self.loaded.output_index]
         logits = tf.cast(outputs, tf.float32)
@@ -131,6 +133,10 @@ class Engine:
         if self.targets.classes:
             fixed = tf.constant(self.targets.classes, dtype=tf.int32)
             return tf.tile(fixed[None, :], [n, 1])
+        if self.loaded.binary:
+            # One sigmoid unit: the positive class (1) by default, whatever the prediction.
+            order = tf.constant([1, 0][: self.targets.top], dtype=tf.int32)
+            return tf.tile(order[None, :], [n, 1])
         return tf.math.top_k(logits, k=self.targets.top).indices
 
 

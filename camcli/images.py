@@ -77,7 +77,7 @@ def _expand(argument: str, recursive: bool) -> Iterator[Path]:
     if path.is_dir():
         yield from _walk(path, recursive)
     elif not path.exists() and glob.has_magic(argument):
-        for match in sorted(glob.glob(argument, recursive=True)):
+        for match in sorted(_glob(argument)):
             match_path = Path(match)
             if match_path.is_dir():
                 yield from _walk(match_path, recursive)
@@ -85,6 +85,26 @@ def _expand(argument: str, recursive: bool) -> Iterator[Path]:
                 yield match_path
     else:
         yield path
+
+
+def _glob(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, except that ``**`` skips symlinked folders.
+
+    glob's ``**`` follows symlinked folders without a loop check, so one symlink loop made it
+    run for ever; pathlib's ``**`` does not descend them (Python 3.10 to 3.13). Hidden names
+    stay unmatched unless the pattern spells a leading dot, as with glob.
+    """
+    if "**" not in pattern:
+        return glob.glob(pattern)
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = Path(*parts[:first])
+    dotted = any(part.startswith(".") for part in parts[first:])
+    return [
+        str(match)
+        for match in root.glob(str(Path(*parts[first:])))
+        if dotted or not any(part.startswith(".") for part in match.relative_to(root).parts)
+    ]
 
 
 def _walk(folder: Path, recursive: bool) -> Iterator[Path]:

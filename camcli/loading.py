@@ -168,9 +168,25 @@ def load(
     # The rule, not the registry's stored name, picks the default: auto-generated layer names
     # (NASNet, MobileNetV3) depend on what the process built before. The registry test checks
     # that the rule gives the stored name in a fresh process.
-    target = resolve_layer(keras_model, layer) if layer else default_layer(keras_model)
+    if layer:
+        target = resolve_layer(keras_model, layer)
+        feeding = _feeding_layers(keras_model, output_index)
+        if feeding is not None and id(target.layer) not in feeding:
+            raise UsageError(
+                f"layer {target.path!r} does not feed output "
+                f"{_output_names(keras_model)[output_index]!r}: nothing to explain there"
+            )
+    else:
+        target = default_layer(keras_model, output_index)
     preprocess_fn, preprocess_name = get_preprocess(preprocess or default_preprocess)
     height, width, channels = _input_geometry(keras_model)
+    try:  # fail now, not after decoding: caffe/torch need 3 channels
+        preprocess_fn(np.zeros((1, height, width, channels), np.float32))
+    except Exception as exc:
+        reason = _first_line(exc)
+        if not reason.startswith("--preprocess"):
+            reason = f"--preprocess {preprocess_name} does not fit the model's input: {reason}"
+        raise UsageError(f"{reason} (the model takes {channels}-channel images)") from exc
     return LoadedModel(
         model=keras_model,
         name=name,
@@ -333,7 +349,11 @@ def _output_activation(keras_model, index: int) -> tuple[str, tuple[Patch, ...]]
 
 def spatial_layers(model, prefix: str = "") -> Iterator[SpatialLayer]:
     """Every layer with a 4-D spatial output, in forward order, descending into nested models."""
+    import keras
+
     for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue  # never called in the forward pass: nothing to capture there
         path = f"{prefix}{layer.name}"
         if hasattr(layer, "layers") and layer.layers:
             yield from spatial_layers(layer, prefix=f"{path}/")
@@ -358,9 +378,43 @@ def _is_spatial(shape: tuple) -> bool:
     return height is not None and width is not None and height > 1 and width > 1
 
 
-def default_layer(model) -> SpatialLayer:
-    """The last layer whose output is a feature map with more than one cell in each direction."""
+def _feeding_layers(model, output_index: int = 0) -> set[int] | None:
+    """``id`` of every layer on a path to output ``output_index``, inside nested models too.
+
+    None when the model has no symbolic graph to walk (then no layer is ruled out).
+    """
+    try:
+        stack = [model.outputs[output_index]]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    feeding: set[int] = set()
+    seen: set[int] = set()
+    while stack:
+        tensor = stack.pop()
+        history = getattr(tensor, "_keras_history", None)
+        if history is None or id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        operation, node_index, tensor_index = history
+        feeding.add(id(operation))
+        if hasattr(operation, "layers"):  # a nested model: go on inside it
+            try:
+                stack.append(operation.outputs[tensor_index])
+            except (AttributeError, IndexError, TypeError, ValueError):
+                return None
+        nodes = getattr(operation, "_inbound_nodes", ())
+        if node_index < len(nodes):
+            stack.extend(nodes[node_index].input_tensors)
+    return feeding
+
+
+def default_layer(model, output_index: int = 0) -> SpatialLayer:
+    """The last layer whose output is a feature map with more than one cell in each direction,
+    among the layers that feed output ``output_index``."""
     candidates = [s for s in spatial_layers(model) if _is_spatial(s.shape)]
+    feeding = _feeding_layers(model, output_index)
+    if feeding is not None:
+        candidates = [s for s in candidates if id(s.layer) in feeding]
     if not candidates:
         raise UsageError("the model has no layer with a 4-D spatial output to explain")
     return candidates[-1]

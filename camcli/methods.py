@@ -1,9 +1,14 @@
-"""CAM formulas: pure functions from a layer's activations and gradients to raw maps.
+"""CAM formulas: pure functions from a layer's activations and gradients to weighted activations.
 
-Each method takes ``activations`` and ``gradients`` shaped ``(batch, height, width, channels)``
-(the gradient of each image's own target score with respect to its own activations) and returns
-raw, unnormalised maps shaped ``(batch, height, width)``. They know nothing of models or files,
-so they are tested on hand-made arrays. Normalisation to [0, 1] lives in :mod:`camcli.heatmaps`.
+Every method takes ``activations`` and ``gradients`` shaped ``(n, height, width, channels)`` —
+the gradient of each image's own target score with respect to its own activations — and returns
+the *weighted activations*, same shape. The map is then ``ReLU(sum over channels)``
+(:func:`combine`), or, with ``eigen_smooth``, ``ReLU`` of their first principal component
+(:func:`first_component`), as in pytorch-grad-cam. Methods that need more than one backward pass
+(Score-CAM, Ablation-CAM) get their channel scores from the engine through ``channel_scores``.
+
+They know nothing of models or files, so they are tested on hand-made arrays. Normalisation to
+[0, 1] lives in :mod:`camcli.heatmaps`.
 """
 
 from __future__ import annotations
@@ -13,42 +18,182 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CamFormula = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: Guards divisions whose denominator is zero only where the numerator is zero too.
+_EPS = 1e-12
 
 
 @dataclass(frozen=True)
 class Method:
-    """A CAM method: its name, formula and the paper it comes from."""
+    """A CAM method: its name, its formula, what it needs from the engine, its paper."""
 
     name: str
-    formula: CamFormula
+    formula: Callable[..., np.ndarray]
     reference: str
+    needs: str = "gradients"  # "gradients", "activations" or "channel_scores"
+    principal_component: bool = False  # the map is always the first principal component
+
+    def cam(
+        self, activations, gradients=None, channel_scores=None, eigen_smooth: bool = False
+    ) -> np.ndarray:
+        """Raw (unnormalised) maps ``(n, h, w)``."""
+        if self.needs == "channel_scores":
+            weighted = self.formula(activations, channel_scores)
+        elif self.needs == "activations":
+            weighted = self.formula(activations)
+        else:
+            weighted = self.formula(activations, gradients)
+        return combine(weighted, eigen_smooth or self.principal_component)
+
+
+def _channel_weighted(activations: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Activations scaled per image and channel by ``weights`` (n, channels)."""
+    return activations * weights[:, None, None, :]
 
 
 def gradcam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al. 2017, arXiv:1610.02391, eq. 1–2).
+    """Grad-CAM (Selvaraju et al. 2017, arXiv:1610.02391, eq. 1-2).
 
-    Channel weights are the spatial mean of the score's gradient,
-    ``alpha_k = mean_ij dy/dA_ij^k``; the map is ``ReLU(sum_k alpha_k A^k)``.
+    ``alpha_k = (1/Z) sum_ij dy/dA_ij^k``: channel weights are the spatial mean of the gradient.
     """
-    weights = gradients.mean(axis=(1, 2), keepdims=True)
-    return np.maximum((weights * activations).sum(axis=-1), 0.0)
+    return _channel_weighted(activations, gradients.mean(axis=(1, 2)))
+
+
+def gradcam_plus_plus(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhay et al. 2018, arXiv:1710.11063, eq. 19 with an exponential score).
+
+    With ``S = exp(y)`` and a piecewise-linear network, the second and third derivatives of S
+    are ``exp(y) g^2`` and ``exp(y) g^3`` (``g = dy/dA``), so the exponentials cancel:
+    ``a_ij^k = g^2 / (2 g^2 + sum_ab A_ab^k g^3)`` and ``w_k = sum_ij a_ij^k ReLU(g_ij^k)``.
+    """
+    g2 = gradients**2
+    g3 = g2 * gradients
+    sums = activations.sum(axis=(1, 2), keepdims=True)
+    denominator = 2.0 * g2 + sums * g3
+    alpha = np.where(np.abs(denominator) > _EPS, g2 / np.where(denominator == 0, 1, denominator), 0)
+    weights = (alpha * np.maximum(gradients, 0.0)).sum(axis=(1, 2))
+    return _channel_weighted(activations, weights)
+
+
+def xgradcam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """XGrad-CAM (Fu et al. 2020, arXiv:2008.02312, eq. 14).
+
+    ``w_k = sum_ij (A_ij^k / sum_ab A_ab^k) dy/dA_ij^k``: gradients averaged with the channel's
+    own activations as weights.
+    """
+    sums = activations.sum(axis=(1, 2), keepdims=True)
+    share = activations / np.where(np.abs(sums) > _EPS, sums, np.inf)
+    return _channel_weighted(activations, (share * gradients).sum(axis=(1, 2)))
+
+
+def hirescam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """HiResCAM (Draelos & Carin 2020, arXiv:2011.08891, eq. 4).
+
+    Element-wise ``dy/dA_ij^k * A_ij^k``, summed over channels: no spatial averaging, so the map
+    shows exactly where the gradient and the activations agree.
+    """
+    return gradients * activations
+
+
+def layercam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """LayerCAM (Jiang et al. 2021, IEEE TIP 30, eq. 5-6).
+
+    Element-wise ``ReLU(dy/dA_ij^k) * A_ij^k``: every location keeps its own positive gradient,
+    which keeps maps meaningful on shallow, high-resolution layers too.
+    """
+    return np.maximum(gradients, 0.0) * activations
+
+
+def first_component(values: np.ndarray) -> np.ndarray:
+    """Per image, the projection of the (h·w, channels) matrix on its first principal component.
+
+    Sign-corrected so the result correlates positively with the channel sum (an SVD's sign is
+    arbitrary); returns ``(n, height, width)``.
+    """
+    n, height, width, channels = values.shape
+    out = np.zeros((n, height, width), dtype=np.float64)
+    for i in range(n):
+        matrix = values[i].reshape(-1, channels).astype(np.float64)
+        centred = matrix - matrix.mean(axis=0)
+        if not np.any(centred):
+            continue
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        projection = centred @ vt[0]
+        if np.dot(projection, matrix.sum(axis=1) - matrix.sum(axis=1).mean()) < 0:
+            projection = -projection
+        out[i] = projection.reshape(height, width)
+    return out
+
+
+def eigencam(activations: np.ndarray) -> np.ndarray:
+    """Eigen-CAM (Muhammad & Yeasin 2020, arXiv:2008.00299, eq. 3-4): gradient-free.
+
+    The map is the activations' first principal component, sign-corrected: the activations are
+    returned as they are and :class:`Method` projects them (``principal_component``).
+    """
+    return activations
+
+
+def scorecam(activations: np.ndarray, channel_scores: np.ndarray) -> np.ndarray:
+    """Score-CAM (Wang et al. 2020, arXiv:1910.01279, eq. 6-8).
+
+    ``channel_scores`` (n, channels) are the target scores of the input masked by each channel's
+    upsampled, min-max normalised activation map (channels not evaluated: ``-inf``); the weights
+    are their softmax over channels.
+    """
+    finite = np.isfinite(channel_scores)
+    shifted = np.where(finite, channel_scores, -np.inf)
+    shifted = shifted - np.max(np.where(finite, shifted, -np.inf), axis=1, keepdims=True)
+    weights = np.where(finite, np.exp(shifted), 0.0)
+    weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), _EPS)
+    return _channel_weighted(activations, weights)
+
+
+def ablationcam(activations: np.ndarray, channel_scores: np.ndarray) -> np.ndarray:
+    """Ablation-CAM (Desai & Ramaswamy 2020, WACV, eq. 3).
+
+    ``channel_scores`` (n, channels + 1): column 0 is the unablated score ``y``, column ``k + 1``
+    the score with channel k zeroed; ``w_k = (y - y_k) / y``.
+    """
+    baseline = channel_scores[:, :1]
+    drops = baseline - channel_scores[:, 1:]
+    denominator = np.where(np.abs(baseline) > _EPS, baseline, 1.0)
+    return _channel_weighted(activations, drops / denominator)
+
+
+def combine(weighted: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
+    """Raw maps ``(n, h, w)`` from weighted activations: ReLU of the channel sum, or with
+    ``eigen_smooth`` ReLU of their first principal component."""
+    summed = first_component(weighted) if eigen_smooth else weighted.sum(axis=-1)
+    return np.maximum(summed, 0.0)
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("gradcam", gradcam, "Selvaraju et al. 2017, arXiv:1610.02391"),
+        Method("gradcam++", gradcam_plus_plus, "Chattopadhay et al. 2018, arXiv:1710.11063"),
+        Method("xgradcam", xgradcam, "Fu et al. 2020, arXiv:2008.02312"),
+        Method("hirescam", hirescam, "Draelos & Carin 2020, arXiv:2011.08891"),
+        Method("layercam", layercam, "Jiang et al. 2021, IEEE TIP 30:5875"),
+        Method(
+            "eigencam", eigencam, "Muhammad & Yeasin 2020, arXiv:2008.00299", "activations", True
+        ),
+        Method("scorecam", scorecam, "Wang et al. 2020, arXiv:1910.01279", "channel_scores"),
+        Method("ablationcam", ablationcam, "Desai & Ramaswamy 2020, WACV", "channel_scores"),
     )
 }
+def _key(name: str) -> str:
+    return name.strip().lower().replace("_", "").replace("-", "").replace("plusplus", "++")
 
 
 def get_method(name: str) -> Method:
-    """The method called ``name`` (case-insensitive); a usage error lists the known ones."""
+    """The method called ``name`` (case-insensitive, ``-``/``_`` ignored, ``gradcampp`` or
+    ``gradcam_plus_plus`` for ``gradcam++``); a usage error lists the known ones."""
     from camcli.errors import UnknownNameError
 
-    key = name.strip().lower().replace("_", "").replace("-", "")
+    key = _key(name)
+    key = {"gradcampp": "gradcam++"}.get(key, key)
     for method in METHODS.values():
-        if method.name.replace("+", "").replace("-", "") == key.replace("+", ""):
+        if _key(method.name) == key:
             return method
     raise UnknownNameError("method", name, sorted(METHODS))

@@ -31,6 +31,9 @@ _OUTPUT_NAME = re.compile(
     r"\.[A-Za-z0-9]{1,5}\.cam(\.\d+_[\w-]*)?\.(json|png|jpg|webp|npy)$", re.IGNORECASE
 )
 TEMP_SUFFIX = ".camcli-tmp"
+# Read once, at import: outputs get the mode open() would give them, not mkstemp's private 0600.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def is_camcli_output(name: str) -> bool:
@@ -81,15 +84,25 @@ def atomic_write(path: Path, data: bytes, protect: Path | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
     A reader (or a later run) sees either the old file or the complete new one, never a torn
-    write. ``protect`` is the input this output belongs to: it is never overwritten.
+    write. ``protect`` is the input this output belongs to: it is never overwritten. Nor is any
+    existing file whose name is not one of camcli's output names: input ``scan`` writes
+    ``scan.cam.png``, which may be another input (names like ``door.cam.jpg`` are inputs).
     """
     if protect is not None and os.path.exists(path) and os.path.samefile(path, protect):
         raise OSError(f"refusing to overwrite the input file {protect}")
+    if os.path.lexists(path) and not is_camcli_output(path.name):
+        raise OSError(f"refusing to overwrite {path}: not a camcli output name, may be an input")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        fd, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX
+        )
+    except OSError as exc:  # name the output, not the temporary file that could not be made
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

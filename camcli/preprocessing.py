@@ -34,7 +34,7 @@ def _keras_mode(mode: str) -> Preprocess:
     def preprocess(x: np.ndarray) -> np.ndarray:
         from keras.applications import imagenet_utils
 
-        if x.shape[-1] != 3:
+        if mode != "tf" and x.shape[-1] != 3:  # tf (x / 127.5 - 1) is per pixel, any channels
             raise ValueError(f"--preprocess {mode} needs 3-channel input, not {x.shape[-1]}")
         return imagenet_utils.preprocess_input(x, mode=mode)
 
