@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +121,7 @@ class Explainer:
         self,
         model: str = "resnet50",
         weights: str = "imagenet",
-        layer: str | None = None,
+        layer: str | Sequence[str] | None = None,
         method: str = "gradcam",
         classes: Iterable[int | str] = (),
         top_k_cams: int | None = None,
@@ -131,6 +131,11 @@ class Explainer:
         labels: str | os.PathLike | None = None,
         output: str | int | None = None,
         unsafe_model: bool = False,
+        eigen_smooth: bool = False,
+        aug_smooth: bool = False,
+        fuse: str = "mean",
+        scorecam_batch: int = 64,
+        scorecam_channels: int | None = None,
     ):
         from camcli import engine, loading
         from camcli.methods import get_method
@@ -145,6 +150,16 @@ class Explainer:
         if classes and top_k_cams:
             raise UsageError("give either --class or --top-k-cams, not both")
         self.method = get_method(method)
+        try:
+            self.cam_options = engine.CamOptions(
+                eigen_smooth=eigen_smooth,
+                aug_smooth=aug_smooth,
+                fuse=fuse,
+                chunk_size=scorecam_batch,
+                scorecam_channels=scorecam_channels,
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         self.loaded = loading.load(
             model,
             weights=weights,
@@ -169,7 +184,7 @@ class Explainer:
 
         if compiled not in self._engines:
             self._engines[compiled] = Engine(
-                self.loaded, self.targets, self.method, compiled=compiled
+                self.loaded, self.targets, self.method, compiled, self.cam_options
             )
         return self._engines[compiled]
 
@@ -187,6 +202,16 @@ class Explainer:
             compiled = len(pixels) > EAGER_MAX_IMAGES
         return self.engine(compiled).run(self.preprocess(pixels))
 
+    def method_options(self) -> dict:
+        """The options that change the maps, as recorded in every record."""
+        options = self.cam_options
+        recorded = {"eigen_smooth": options.eigen_smooth, "aug_smooth": options.aug_smooth}
+        if len(self.loaded.target_layers) > 1:
+            recorded["fuse"] = options.fuse
+        if self.method.name == "scorecam":
+            recorded["scorecam_channels"] = options.scorecam_channels
+        return recorded
+
     # ----------------------------------------------------------------- files in, files out
 
     def settings(self, options: OutputOptions) -> dict:
@@ -194,6 +219,7 @@ class Explainer:
         return {
             "model": self.loaded.describe(),
             "method": self.method.name,
+            "method_options": self.method_options(),
             "classes": list(self.targets.classes or ()),
             "top_k_cams": None if self.targets.classes else self.targets.top,
             "top_k": self.top_k,
@@ -334,6 +360,7 @@ class _Writer:
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
             "model": explainer.loaded.describe(),
             "method": explainer.method.name,
+            "method_options": explainer.method_options(),
             "score": explainer.loaded.score,
             "probability": explainer.loaded.probability,
             "settings_fingerprint": settings_fingerprint(settings),
@@ -431,7 +458,7 @@ def explain(
     *,
     model: str = "resnet50",
     weights: str = "imagenet",
-    layer: str | None = None,
+    layer: str | Sequence[str] | None = None,
     method: str = "gradcam",
     classes: Iterable[int | str] = (),
     top_k_cams: int | None = None,
@@ -441,6 +468,11 @@ def explain(
     labels: str | os.PathLike | None = None,
     output: str | int | None = None,
     unsafe_model: bool = False,
+    eigen_smooth: bool = False,
+    aug_smooth: bool = False,
+    fuse: str = "mean",
+    scorecam_batch: int = 64,
+    scorecam_channels: int | None = None,
     recursive: bool = False,
     stdin: Iterable[str] | None = None,
     max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
@@ -465,5 +497,10 @@ def explain(
         labels=labels,
         output=output,
         unsafe_model=unsafe_model,
+        eigen_smooth=eigen_smooth,
+        aug_smooth=aug_smooth,
+        fuse=fuse,
+        scorecam_batch=scorecam_batch,
+        scorecam_channels=scorecam_channels,
     )
     return explainer.run(paths, options, recursive=recursive, stdin=stdin, max_pixels=max_pixels)

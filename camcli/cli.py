@@ -85,9 +85,34 @@ def explain(
         typer.Option(help="'imagenet' (Keras cache, downloads once), 'none' (random) or a file."),
     ] = "imagenet",
     layer: Annotated[
-        str | None, typer.Option("--layer", "-l", help="Target layer (default: the model's).")
+        list[str] | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            help="Target layer (default: the model's); nested: outer/inner. Repeat to fuse.",
+        ),
     ] = None,
-    method: Annotated[str, typer.Option(help="CAM method.")] = "gradcam",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="gradcam, gradcam++, xgradcam, hirescam, layercam, eigencam, scorecam, "
+            "ablationcam."
+        ),
+    ] = "gradcam",
+    fuse: Annotated[str, typer.Option(help="Combine several layers' maps: mean or max.")] = "mean",
+    aug_smooth: Annotated[
+        bool, typer.Option(help="Average over flips and scales (6 passes; smoother maps).")
+    ] = False,
+    eigen_smooth: Annotated[
+        bool, typer.Option(help="Keep the first principal component of the weighted maps.")
+    ] = False,
+    scorecam_batch: Annotated[
+        int, typer.Option(help="Score-/Ablation-CAM: masked inputs per model call.")
+    ] = 64,
+    scorecam_channels: Annotated[
+        int | None,
+        typer.Option(help="Score-CAM: only the N highest-variance channels (faster)."),
+    ] = None,
     classes: Annotated[
         list[str] | None,
         typer.Option(
@@ -172,7 +197,7 @@ def explain(
             explainer = Explainer(
                 model=model,
                 weights=weights,
-                layer=layer,
+                layer=layer or None,
                 method=method,
                 classes=classes or (),
                 top_k_cams=top_k_cams,
@@ -182,6 +207,11 @@ def explain(
                 labels=labels,
                 output=output,
                 unsafe_model=unsafe_model,
+                eigen_smooth=eigen_smooth,
+                aug_smooth=aug_smooth,
+                fuse=fuse,
+                scorecam_batch=scorecam_batch,
+                scorecam_channels=scorecam_channels,
             )
     except KeyboardInterrupt:
         typer.echo("camcli: interrupted", err=True)

@@ -1,14 +1,20 @@
-"""Batched compute: one forward pass gives the class scores and the target layer's activations,
+"""Batched compute: one forward pass gives the class scores and the target layers' activations,
 one backward pass gives each image's gradient with respect to its own activations.
 
-The activations are captured *during the model's normal forward pass* by wrapping the target
+The activations are captured *during the model's normal forward pass* by wrapping each target
 layer's ``call`` for the duration of the pass, instead of building a second model that ends at
 the layer. That rebuild is what fails on nested and Sequential models ("Graph disconnected");
 the capture works on any model Keras can call.
 
-The compiled step is traced once per engine: its input signature leaves the batch dimension
+Methods that score channels instead of differentiating (Score-CAM, Ablation-CAM) get extra model
+calls here, flattened over (image, channel) pairs and run in large chunks. Ablation-CAM re-runs
+only the part of the network after the layer when the graph can be cut there (a Functional
+model with the layer at its top level); otherwise it runs the whole model with the layer's
+output replaced.
+
+Every compiled function is traced once per engine: input signatures leave the batch dimension
 open, so the final, partial batch reuses the trace. Runs too small to repay tracing use the
-same step eagerly.
+same functions eagerly.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ import tensorflow as tf
 from camcli.heatmaps import normalize
 from camcli.loading import LoadedModel, patched
 from camcli.methods import Method, get_method
+
+#: ``--aug-smooth``: horizontal flip × 3 scales (zoomed out and padded); maps are mapped back.
+AUGMENTATIONS = tuple((flip, scale) for flip in (False, True) for scale in (1.0, 0.875, 0.75))
+FUSIONS = ("mean", "max")
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,25 @@ class Targets:
         return len(self.classes) if self.classes else self.top
 
 
+@dataclass(frozen=True)
+class CamOptions:
+    """How maps are made beyond the method's own formula."""
+
+    eigen_smooth: bool = False  # first principal component of the weighted activations
+    aug_smooth: bool = False  # average over AUGMENTATIONS, each mapped back to the frame
+    fuse: str = "mean"  # how maps of several layers combine
+    chunk_size: int = 64  # masked inputs / ablated activations per model call
+    scorecam_channels: int | None = None  # Faster Score-CAM: the N highest-variance channels
+
+    def __post_init__(self):
+        if self.fuse not in FUSIONS:
+            raise ValueError(f"fuse must be one of {FUSIONS}, not {self.fuse!r}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk size must be at least 1, not {self.chunk_size}")
+        if self.scorecam_channels is not None and self.scorecam_channels < 1:
+            raise ValueError(f"scorecam channels must be at least 1, not {self.scorecam_channels}")
+
+
 @dataclass
 class BatchOutput:
     """What the engine returns for a batch of ``n`` images explaining ``k`` classes each."""
@@ -53,7 +82,7 @@ class BatchOutput:
 
 
 class Engine:
-    """Computes CAMs for batches of preprocessed images on one model and layer."""
+    """Computes CAMs for batches of preprocessed images on one model and its target layers."""
 
     def __init__(
         self,
@@ -61,12 +90,15 @@ class Engine:
         targets: Targets = Targets(),
         method: str | Method = "gradcam",
         compiled: bool = True,
+        options: CamOptions = CamOptions(),
     ):
         self.loaded = loaded
         self.targets = targets
         self.method = get_method(method) if isinstance(method, str) else method
         self.compiled = compiled
+        self.options = options
         self.trace_count = 0
+        self.layers = [layer for _, layer in loaded.target_layers]
         n_classes = len(loaded.labels)
         for index in targets.classes or ():
             if not 0 <= index < n_classes:
@@ -74,47 +106,92 @@ class Engine:
         if not targets.classes and not 1 <= targets.top <= n_classes:
             raise ValueError(f"cannot explain the top {targets.top} of {n_classes} classes")
         height, width = loaded.input_size
-        signature = [tf.TensorSpec([None, height, width, loaded.channels], tf.float32)]
-        self._step = tf.function(self._forward_backward, input_signature=signature)
+        self._images_spec = tf.TensorSpec([None, height, width, loaded.channels], tf.float32)
+        self._step = self._compile(
+            self._forward_backward,
+            [self._images_spec, tf.TensorSpec([None, targets.count], tf.int32)],
+        )
+        self._forward = self._compile(self._logits, [self._images_spec])
+        self._tails: dict[int, object] = {}
+
+    def _compile(self, function, signature):
+        return tf.function(function, input_signature=signature) if self.compiled else function
+
+    # ----------------------------------------------------------------- public
 
     def run(self, batch: np.ndarray) -> BatchOutput:
         """Explain a preprocessed batch ``(n, height, width, channels)``."""
-        step = self._step if self.compiled else self._forward_backward
-        logits, targets, scores, activations, gradients = (
-            t.numpy() for t in step(tf.convert_to_tensor(batch, tf.float32))
-        )
-        n, k = targets.shape
-        # (k, n, h, w, c) -> one formula call over all n*k (image, class) pairs
-        a = np.broadcast_to(activations[None], gradients.shape).reshape(-1, *activations.shape[1:])
-        raw = self.method.cam(a, gradients.reshape(-1, *gradients.shape[2:]))
-        cams, empty = normalize(raw)
-        cams = cams.reshape(k, n, *cams.shape[1:]).transpose(1, 0, 2, 3)
+        batch = np.asarray(batch, dtype=np.float32)
+        unset = np.full((len(batch), self.targets.count), -1, np.int32)
+        logits, targets, scores, maps = self._maps(batch, unset)
+        if self.options.aug_smooth:
+            total = maps.astype(np.float64)
+            for flip, scale in AUGMENTATIONS[1:]:
+                _, _, _, augmented = self._maps(_augment(batch, flip, scale), targets)
+                total += _invert(augmented, flip, scale, self.loaded.input_size)
+            maps = total / len(AUGMENTATIONS)
+        n, k, h, w = maps.shape
+        cams, empty = normalize(maps.reshape(n * k, h, w))
         return BatchOutput(
             logits=logits,
             targets=targets,
             target_scores=scores,
-            cams=cams,
-            empty=empty.reshape(k, n).T,
+            cams=cams.reshape(n, k, h, w),
+            empty=empty.reshape(n, k),
         )
 
-    def _forward_backward(self, images):
+    # ----------------------------------------------------------------- one pass
+
+    def _maps(self, batch: np.ndarray, forced: np.ndarray):
+        """Logits, targets, scores and per-layer-normalised, fused maps ``(n, k, h, w)``."""
+        logits, targets, scores, activations, gradients = (
+            _numpy(t) for t in self._step(tf.convert_to_tensor(batch), tf.constant(forced))
+        )
+        n, k = targets.shape
+        per_layer = []
+        for index, a in enumerate(activations):
+            if self.method.needs == "channel_scores":
+                channel_scores = self._channel_scores(index, batch, a, targets)  # (k, n, c')
+                channel_scores = channel_scores.reshape(k * n, -1)
+                g = None
+            else:
+                channel_scores = None
+                g = gradients[index].reshape(k * n, *a.shape[1:]) if gradients else None
+            a_kn = np.broadcast_to(a[None], (k, *a.shape)).reshape(k * n, *a.shape[1:])
+            raw = self.method.cam(a_kn, g, channel_scores, self.options.eigen_smooth)
+            maps, _ = normalize(raw)
+            per_layer.append(maps.reshape(k, n, *maps.shape[1:]).transpose(1, 0, 2, 3))
+        return logits, targets, scores, _fuse(per_layer, self.options.fuse)
+
+    def _forward_backward(self, images, forced_targets):
         """Forward pass with activation capture, then d(target score)/d(activations)."""
         self.trace_count += 1  # runs once per trace when compiled, every call when eager
-        layer = self.loaded.layer
         k = self.targets.count
-        with tf.GradientTape(watch_accessed_variables=False, persistent=k > 1) as tape:
-            with patched(self.loaded.patches), _capture_output(layer, tape) as captured:
+        needs_gradients = self.method.needs == "gradients"
+        persistent = needs_gradients and (k > 1 or len(self.layers) > 1)
+        with tf.GradientTape(watch_accessed_variables=False, persistent=persistent) as tape:
+            with patched(self.loaded.patches), contextlib.ExitStack() as stack:
+                captures = [stack.enter_context(_capture_output(layer, tape))
+                            for layer in self.layers]
                 outputs = self.loaded.model(images, training=False)
             logits = self._scores(outputs)
-            targets = self._choose_targets(logits)
+            chosen = self._choose_targets(logits)
+            targets = tf.where(forced_targets >= 0, forced_targets, chosen)
             scores = tf.gather(logits, targets, batch_dims=1)  # (n, k)
             # Each image's score depends only on its own activations (inference mode), so the
             # gradient of the batch sum is every image's own gradient, in one backward pass.
             totals = [tf.reduce_sum(scores[:, i]) for i in range(k)]
-        activations = captured.value
-        gradients = tf.stack([tape.gradient(total, activations) for total in totals])
+        activations = [captured.value for captured in captures]
+        gradients = []
+        if needs_gradients:
+            gradients = [tf.stack([tape.gradient(total, a) for total in totals])
+                         for a in activations]
         del tape
         return logits, targets, scores, activations, gradients
+
+    def _logits(self, images):
+        with patched(self.loaded.patches):
+            return self._scores(self.loaded.model(images, training=False))
 
     def _scores(self, outputs):
         """The class scores: the chosen output; a binary sigmoid unit z becomes (-z, z)."""
@@ -139,6 +216,142 @@ class Engine:
             return tf.tile(order[None, :], [n, 1])
         return tf.math.top_k(logits, k=self.targets.top).indices
 
+    # ----------------------------------------------------------------- channel scores
+
+    def _channel_scores(self, index: int, batch, activations, targets) -> np.ndarray:
+        if self.method.name == "scorecam":
+            return self._scorecam_scores(batch, activations, targets)
+        return self._ablation_scores(index, batch, activations, targets)
+
+    def _scorecam_scores(self, batch, activations, targets) -> np.ndarray:
+        """Target scores of the input masked by each (selected) channel's normalised map.
+
+        Returns ``(k, n, channels)``; channels left out by ``scorecam_channels`` are ``-inf``.
+        """
+        n, _, _, c = activations.shape
+        k = targets.shape[1]
+        keep = min(c, self.options.scorecam_channels or c)
+        variance = activations.reshape(n, -1, c).var(axis=1)
+        chosen = np.sort(np.argsort(-variance, axis=1, kind="stable")[:, :keep], axis=1)
+        pairs = [(i, ch) for i in range(n) for ch in chosen[i]]
+        out = np.full((k, n, c), -np.inf)
+        height, width = self.loaded.input_size
+        for start in range(0, len(pairs), self.options.chunk_size):
+            images, channels = np.array(pairs[start : start + self.options.chunk_size]).T
+            maps = activations[images, :, :, channels][..., None]  # (m, h, w, 1)
+            masks = tf.image.resize(maps, (height, width), method="bilinear").numpy()
+            low = masks.min(axis=(1, 2, 3), keepdims=True)
+            span = masks.max(axis=(1, 2, 3), keepdims=True) - low
+            masks = np.where(span > 0, (masks - low) / np.where(span > 0, span, 1), 0.0)
+            logits = _numpy(self._forward(tf.constant(batch[images] * masks, tf.float32)))
+            for j in range(k):
+                out[j, images, channels] = logits[np.arange(len(images)), targets[images, j]]
+        return out
+
+    def _ablation_scores(self, index: int, batch, activations, targets) -> np.ndarray:
+        """Column 0: the score from the unablated activations; column ``c + 1``: with channel c
+        zeroed. Returns ``(k, n, channels + 1)``."""
+        n, _, _, c = activations.shape
+        k = targets.shape[1]
+        tail = self._tail(index)
+        out = np.empty((k, n, c + 1))
+        base = _numpy(tail(tf.constant(activations), tf.constant(batch)))
+        for j in range(k):
+            out[j, :, 0] = base[np.arange(n), targets[:, j]]
+        pairs = np.array([(i, ch) for i in range(n) for ch in range(c)])
+        for start in range(0, len(pairs), self.options.chunk_size):
+            images, channels = pairs[start : start + self.options.chunk_size].T
+            ablated = activations[images].copy()
+            ablated[np.arange(len(images)), :, :, channels] = 0.0
+            logits = _numpy(tail(tf.constant(ablated), tf.constant(batch[images])))
+            for j in range(k):
+                out[j, images, channels + 1] = logits[np.arange(len(images)), targets[images, j]]
+        return out
+
+    def _tail(self, index: int):
+        """A function (activations, images) -> scores that runs the network after layer
+        ``index``: the graph cut at the layer where possible, else a full pass with the layer's
+        output replaced."""
+        if index in self._tails:
+            return self._tails[index]
+        layer = self.layers[index]
+        model = self.loaded.model
+        cut = None
+        if any(candidate is layer for candidate in model.layers):
+            try:
+                cut = keras.Model(layer.output, model.outputs[self.loaded.output_index])
+            except Exception:  # not a clean cut (a branch, a skip connection): full pass
+                cut = None
+
+        def through_cut(activations, images):
+            with patched(self.loaded.patches):
+                return self._scores(cut(activations, training=False))
+
+        def with_replaced_output(activations, images):
+            with patched(self.loaded.patches), _replace_output(layer, activations):
+                return self._scores(self.loaded.model(images, training=False))
+
+        shape = [None, *layer.output.shape[1:]]
+        signature = [tf.TensorSpec(shape, tf.float32), self._images_spec]
+        self._tails[index] = self._compile(
+            through_cut if cut is not None else with_replaced_output, signature
+        )
+        return self._tails[index]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _numpy(value):
+    if isinstance(value, (list, tuple)):
+        return [_numpy(v) for v in value]
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def _fuse(maps: list[np.ndarray], how: str) -> np.ndarray:
+    """Resize each layer's ``(n, k, h, w)`` maps to the largest size and combine them."""
+    if len(maps) == 1:
+        return maps[0]
+    height = max(m.shape[2] for m in maps)
+    width = max(m.shape[3] for m in maps)
+    resized = []
+    for m in maps:
+        n, k, h, w = m.shape
+        flat = m.reshape(n * k, h, w, 1)
+        if (h, w) != (height, width):
+            flat = tf.image.resize(flat, (height, width), method="bilinear").numpy()
+        resized.append(flat.reshape(n, k, height, width))
+    stacked = np.stack(resized)
+    return stacked.max(axis=0) if how == "max" else stacked.mean(axis=0)
+
+
+def _augment(batch: np.ndarray, flip: bool, scale: float) -> np.ndarray:
+    """Flip horizontally and/or shrink by ``scale``, centred on a zero (mean-colour) canvas."""
+    out = batch[:, :, ::-1] if flip else batch
+    if scale == 1.0:
+        return np.ascontiguousarray(out)
+    n, height, width, channels = out.shape
+    h, w = round(height * scale), round(width * scale)
+    top, left = (height - h) // 2, (width - w) // 2
+    canvas = np.zeros_like(out)
+    canvas[:, top : top + h, left : left + w] = tf.image.resize(out, (h, w)).numpy()
+    return canvas
+
+
+def _invert(maps: np.ndarray, flip: bool, scale: float, input_size) -> np.ndarray:
+    """Map ``(n, k, h, w)`` maps of augmented images back to the original frame."""
+    n, k, h, w = maps.shape
+    flat = maps.reshape(n * k, h, w, 1)
+    if scale != 1.0:
+        height, width = input_size
+        full = tf.image.resize(flat, (height, width), method="bilinear").numpy()
+        ch, cw = round(height * scale), round(width * scale)
+        top, left = (height - ch) // 2, (width - cw) // 2
+        crop = full[:, top : top + ch, left : left + cw]
+        flat = tf.image.resize(crop, (h, w), method="area").numpy()
+    out = flat.reshape(n, k, h, w)
+    return out[..., ::-1] if flip else out
+
 
 class _Captured:
     value = None
@@ -149,7 +362,6 @@ def _capture_output(layer, tape):
     """Temporarily wrap ``layer.call`` so its output is recorded and watched by ``tape``."""
     captured = _Captured()
     original = layer.call
-    own_attribute = layer.__dict__.get("call")
 
     def call_and_capture(*args, **kwargs):
         output = original(*args, **kwargs)
@@ -157,14 +369,28 @@ def _capture_output(layer, tape):
         captured.value = output
         return output
 
-    layer.call = call_and_capture
-    try:
+    with _call_replaced(layer, call_and_capture):
         yield captured
+    if captured.value is None:
+        raise RuntimeError(f"layer {layer.name!r} was not called in the model's forward pass")
+
+
+@contextlib.contextmanager
+def _replace_output(layer, replacement):
+    """Temporarily make ``layer`` return ``replacement`` whatever its input."""
+    with _call_replaced(layer, lambda *args, **kwargs: replacement):
+        yield
+
+
+@contextlib.contextmanager
+def _call_replaced(layer, call):
+    own_attribute = layer.__dict__.get("call")
+    layer.call = call
+    try:
+        yield
     finally:
         # Put back exactly what was there, so the user's model is left untouched.
         if own_attribute is None:
             del layer.call
         else:
             layer.call = own_attribute
-    if captured.value is None:
-        raise RuntimeError(f"layer {layer.name!r} was not called in the model's forward pass")

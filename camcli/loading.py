@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,10 +49,16 @@ class LoadedModel:
     preprocess: Callable[[np.ndarray], np.ndarray]
     preprocess_name: str
     labels: Labels
+    extra_layers: tuple[tuple[str, object], ...] = ()  # more (path, layer) targets, fused
     output_index: int = 0
     activation: str = "none"  # the output activation camcli removed: softmax, sigmoid or none
     binary: bool = False  # one sigmoid unit: scores become (negative, positive) = (-z, z)
     patches: tuple[Patch, ...] = field(default=())
+
+    @property
+    def target_layers(self) -> list[tuple[str, object]]:
+        """Every (path, layer) whose maps are computed; several are fused (``--layer`` twice)."""
+        return [(self.layer_path, self.layer), *self.extra_layers]
 
     @property
     def score(self) -> str:
@@ -78,7 +84,7 @@ class LoadedModel:
         return {
             "name": self.name,
             "weights": self.weights,
-            "layer": self.layer_path,
+            "layer": " + ".join(path for path, _ in self.target_layers),
             "input_size": list(self.input_size),
             "preprocess": self.preprocess_name,
             "output_index": self.output_index,
@@ -128,7 +134,7 @@ def is_model_file(model: str) -> bool:
 def load(
     model: str,
     weights: str = "imagenet",
-    layer: str | None = None,
+    layer: str | Sequence[str] | None = None,
     preprocess: str | None = None,
     labels: str | os.PathLike | None = None,
     output: str | int | None = None,
@@ -168,16 +174,19 @@ def load(
     # The rule, not the registry's stored name, picks the default: auto-generated layer names
     # (NASNet, MobileNetV3) depend on what the process built before. The registry test checks
     # that the rule gives the stored name in a fresh process.
-    if layer:
-        target = resolve_layer(keras_model, layer)
+    requested = [layer] if isinstance(layer, str) else list(layer or ())
+    if requested:
+        chosen = [resolve_layer(keras_model, path) for path in dict.fromkeys(requested)]
         feeding = _feeding_layers(keras_model, output_index)
-        if feeding is not None and id(target.layer) not in feeding:
-            raise UsageError(
-                f"layer {target.path!r} does not feed output "
-                f"{_output_names(keras_model)[output_index]!r}: nothing to explain there"
-            )
+        for target in chosen:
+            if feeding is not None and id(target.layer) not in feeding:
+                raise UsageError(
+                    f"layer {target.path!r} does not feed output "
+                    f"{_output_names(keras_model)[output_index]!r}: nothing to explain there"
+                )
     else:
-        target = default_layer(keras_model, output_index)
+        chosen = [default_layer(keras_model, output_index)]
+    target = chosen[0]
     preprocess_fn, preprocess_name = get_preprocess(preprocess or default_preprocess)
     height, width, channels = _input_geometry(keras_model)
     try:  # fail now, not after decoding: caffe/torch need 3 channels
@@ -193,6 +202,7 @@ def load(
         weights=weights_label,
         layer=target.layer,
         layer_path=target.path,
+        extra_layers=tuple((t.path, t.layer) for t in chosen[1:]),
         input_size=(height, width),
         channels=channels,
         preprocess=preprocess_fn,
