@@ -140,6 +140,10 @@ class Engine:
             empty=empty.reshape(n, k),
         )
 
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        """The class scores (pre-activation logits) of a preprocessed batch, no maps."""
+        return _numpy(self._forward(tf.convert_to_tensor(np.asarray(batch, np.float32))))
+
     # ----------------------------------------------------------------- one pass
 
     def _maps(self, batch: np.ndarray, forced: np.ndarray):
