@@ -178,6 +178,7 @@ def explain(
     from camcli.api import Explainer, OutputOptions
 
     started = time.perf_counter()
+    stop = _stop_on_signals()  # before loading: a signal then ends the run before it starts
     try:
         options = OutputOptions(
             out_dir=out_dir,
@@ -219,7 +220,9 @@ def explain(
     except Exception as exc:
         raise _fail(exc, debug) from None
 
-    stop = _stop_on_signals()
+    if stop.is_set():
+        typer.echo("camcli: interrupted", err=True)
+        raise typer.Exit(int(ExitStatus.INTERRUPTED))
     results = explainer.run(
         paths,
         options,

@@ -1,0 +1,298 @@
+"""Where outputs go, through the real ``camcli`` command: never over an input, never unbounded.
+
+- No output replaces an input, whatever ``--out-dir`` and ``--overlay-format`` say: an input
+  named like another input's output, an output name that is a symlink to its own input,
+  ``--out-dir .`` and ``--out-dir`` equal to the input folder.
+- An output folder that cannot be written fails that input with a clear reason (run without
+  root's file privileges); inputs elsewhere are still explained.
+- A 40-megapixel JPEG is explained with bounded memory (the child's peak RSS is measured), and
+  ``--max-overlay-side`` caps the overlay while the JSON stays in input pixels.
+
+Random weights (``--weights none``) and a dead proxy: nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CAMCLI = Path(sys.executable).with_name("camcli")
+MODEL = ("--model", "mobilenet_v1_0.25_128", "--weights", "none")  # 128x128 input, 4x4 map
+DEAD_PROXY = "http://127.0.0.1:9"
+WARNING = "camcli: warning: --weights none: random weights, the maps mean nothing"
+GB = 1024**3
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
+        env[name] = DEAD_PROXY
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        env.pop(name, None)
+    env["KERAS_HOME"] = str(home / "keras_home")
+    return env
+
+
+def _run(args, cwd: Path, preexec_fn=None, timeout: float = 240) -> subprocess.CompletedProcess:
+    assert CAMCLI.exists(), f"the camcli entry point is not installed at {CAMCLI}"
+    return subprocess.run(
+        [str(CAMCLI), "explain", *args],
+        cwd=cwd,
+        env=_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
+    )
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _by_input(stdout: str) -> dict[str, dict]:
+    records = [json.loads(line) for line in _lines(stdout)]
+    by_input = {r["input"]["path"] if r["ok"] else r["input"]: r for r in records}
+    assert len(by_input) == len(records), "an input was reported twice"
+    return by_input
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def _photo(path: Path, size=(32, 24), seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG" if path.suffix != ".jpg" else "JPEG")
+    return path
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        image.load()  # the whole file decodes
+        return image.size
+
+
+# --------------------------------------------------------------------------- file privileges
+
+_PR_CAPBSET_DROP = 24
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+
+
+def _drop_file_privileges() -> None:  # runs in the child, between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def unprivileged():
+    """A ``preexec_fn`` under which the child obeys file permissions (``None``: it already does).
+
+    Tests run as root, who writes into read-only folders. The interpreter lives under /root
+    (mode 700), so the child cannot become 'nobody'; it stays uid 0 but drops CAP_DAC_OVERRIDE
+    and CAP_DAC_READ_SEARCH from its capability bounding set before exec, which leaves it with
+    the ordinary owner/group/other checks. Skips if the kernel or container does not allow that.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        subprocess.run(
+            ["true"], preexec_fn=_drop_file_privileges, capture_output=True, check=True
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        pytest.skip(f"running as root and cannot drop CAP_DAC_OVERRIDE here: {exc}")
+    return _drop_file_privileges
+
+
+# --------------------------------------------------------------------------- never over an input
+
+
+def test_no_output_replaces_an_input_with_out_dir_dot(tmp_path):
+    work = tmp_path / "work"
+    _photo(work / "a.png", seed=1)
+    _photo(work / "b.jpg", seed=2)
+    _photo(work / "c.png", seed=3)
+    (work / "c.png.cam.jpg").symlink_to("c.png")  # c.png's overlay name is c.png itself
+    _photo(work / "scan", seed=4)  # no extension: its overlay would be "scan.cam.jpg" ...
+    _photo(work / "scan.cam.jpg", size=(40, 30), seed=5)  # ... which is another user's photo
+    before = _digests(work)
+
+    run = _run([".", "scan", "-o", ".", "--overlay-format", "jpg", *MODEL, "--json"], cwd=work)
+
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    assert _digests(work).items() >= before.items(), "an input file was changed"
+    assert (work / "c.png.cam.jpg").is_symlink()
+    assert os.readlink(work / "c.png.cam.jpg") == "c.png"
+
+    results = _by_input(run.stdout)
+    assert set(results) == {"a.png", "b.jpg", "c.png", "scan", "scan.cam.jpg"}
+    assert results["c.png"] == {
+        "ok": False,
+        "input": "c.png",
+        "error": "cannot write outputs: refusing to overwrite the input file c.png",
+    }
+    assert not results["scan"]["ok"]
+    assert results["scan"]["error"].startswith(
+        "cannot write outputs: refusing to overwrite scan.cam.jpg"
+    )
+    failures = [line for line in _lines(run.stderr) if line.startswith(("c.png:", "scan:"))]
+    assert sorted(failures) == [
+        f"c.png: {results['c.png']['error']}",
+        f"scan: {results['scan']['error']}",
+    ]
+    assert _lines(run.stderr)[-1].startswith("camcli: 3 done, 2 failed in ")
+    for name, size in {"a.png": (32, 24), "b.jpg": (32, 24), "scan.cam.jpg": (40, 30)}.items():
+        record = results[name]
+        assert record["ok"], record
+        assert record["files"] == [f"{name}.cam.jpg", f"{name}.cam.json"]
+        with Image.open(work / f"{name}.cam.jpg") as overlay:
+            assert overlay.format == "JPEG" and overlay.size == size
+    assert not (work / "scan.cam.json").exists()  # the failed input wrote nothing
+    assert not list(work.glob(".*camcli-tmp"))
+
+
+def test_out_dir_equal_to_the_input_folder_mirrors_inside_it(tmp_path):
+    imgs = tmp_path / "imgs"
+    _photo(imgs / "x.png", seed=6)
+    _photo(imgs / "sub" / "y.jpg", seed=7)
+    before = _digests(imgs)
+
+    run = _run(["imgs", "-r", "-o", "imgs", *MODEL, "--json", "-q"], cwd=tmp_path)
+
+    assert run.returncode == 0, run.stderr
+    assert _lines(run.stderr) == [WARNING]
+    results = _by_input(run.stdout)
+    assert set(results) == {"imgs/x.png", "imgs/sub/y.jpg"}
+    after = _digests(imgs)
+    assert {k: after[k] for k in before} == before
+    assert sorted(set(after) - set(before)) == [
+        "imgs/sub/y.jpg.cam.json",
+        "imgs/sub/y.jpg.cam.png",
+        "imgs/x.png.cam.json",
+        "imgs/x.png.cam.png",
+    ]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("x.png", "sub/y.jpg"):
+        assert results[f"imgs/{name}"]["files"] == [
+            f"imgs/imgs/{name}.cam.png",
+            f"imgs/imgs/{name}.cam.json",
+        ]
+        assert _image_size(imgs / "imgs" / f"{name}.cam.png") == (32, 24)
+        # outputs are as readable as any file the user writes, not private temporaries (0600)
+        for suffix in (".cam.png", ".cam.json"):
+            mode = stat.S_IMODE((imgs / "imgs" / f"{name}{suffix}").stat().st_mode)
+            assert mode == 0o666 & ~umask, f"{name}{suffix}: mode {mode:o}, umask {umask:o}"
+
+
+# --------------------------------------------------------------------------- read-only folder
+
+
+def test_a_read_only_output_folder_fails_only_its_inputs(tmp_path):
+    preexec = unprivileged()
+    locked = tmp_path / "locked"
+    _photo(locked / "p.png", seed=8)
+    _photo(tmp_path / "open" / "q.png", seed=9)
+    locked.chmod(0o555)
+    try:
+        run = _run(["locked/p.png", "open/q.png", *MODEL, "--json"], tmp_path, preexec)
+    finally:
+        locked.chmod(0o755)
+
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    results = _by_input(run.stdout)
+    reason = "cannot write outputs locked/p.png.cam.png: Permission denied"
+    assert results["locked/p.png"] == {"ok": False, "input": "locked/p.png", "error": reason}
+    assert results["open/q.png"]["ok"]
+    assert _image_size(tmp_path / "open" / "q.png.cam.png") == (32, 24)
+    lines = _lines(run.stderr)
+    assert lines == [WARNING, f"locked/p.png: {reason}", lines[-1]]
+    assert lines[-1].startswith("camcli: 1 done, 1 failed in ")
+    assert sorted(p.name for p in locked.iterdir()) == ["p.png"]  # not even a temporary file
+
+
+# --------------------------------------------------------------------------- 40 megapixels
+
+
+def _run_measured(args, cwd: Path, timeout: float = 300):
+    """Run camcli; return (returncode, stdout, stderr, peak RSS in bytes of that child alone)."""
+    out, err = cwd / f"stdout{time.monotonic_ns()}", cwd / f"stderr{time.monotonic_ns()}"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        process = subprocess.Popen(
+            [str(CAMCLI), "explain", *args], cwd=cwd, env=_env(cwd), stdout=stdout, stderr=stderr
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail(f"camcli {' '.join(args)} did not finish in {timeout}s")
+        time.sleep(0.05)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    text = out.read_text(), err.read_text()
+    out.unlink()
+    err.unlink()
+    return process.returncode, *text, usage.ru_maxrss * 1024  # Linux reports KiB
+
+
+@pytest.fixture(scope="module")
+def huge_jpeg(tmp_path_factory):
+    """An 8000 x 5000 (40-megapixel) JPEG: a smooth gradient, quick to make, ~1 MB on disk."""
+    folder = tmp_path_factory.mktemp("huge")
+    width, height = 8000, 5000
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    pixels = np.empty((height, width, 3), np.uint8)
+    pixels[..., 0] = x
+    pixels[..., 1] = y
+    pixels[..., 2] = (x + y) / 2
+    Image.fromarray(pixels).save(folder / "huge.jpg", quality=85)
+    return folder
+
+
+def test_a_40_megapixel_jpeg_is_explained_in_bounded_memory(huge_jpeg):
+    returncode, stdout, stderr, peak = _run_measured(["huge.jpg", *MODEL, "--json"], huge_jpeg)
+    assert returncode == 0, stderr
+    (record,) = [json.loads(line) for line in _lines(stdout)]
+    assert (record["input"]["width"], record["input"]["height"]) == (8000, 5000)
+    assert _image_size(huge_jpeg / "huge.jpg.cam.png") == (8000, 5000)  # full resolution
+    assert peak < 2.5 * GB, f"peak RSS {peak / GB:.2f} GB for a 40-megapixel input"
+
+    returncode, stdout, stderr, capped_peak = _run_measured(
+        ["huge.jpg", "-o", "capped", "--max-overlay-side", "1000", *MODEL, "--json"], huge_jpeg
+    )
+    assert returncode == 0, stderr
+    (capped,) = [json.loads(line) for line in _lines(stdout)]
+    assert _image_size(huge_jpeg / "capped" / "huge.jpg.cam.png") == (1000, 625)
+    assert capped_peak < peak, (
+        f"capped overlay: peak RSS {capped_peak / GB:.2f} GB, full: {peak / GB:.2f} GB"
+    )
+    # The JSON stays in the input's pixels: 8000 x 5000, peaks on the centres of the 4x4 cells.
+    assert (capped["input"]["width"], capped["input"]["height"]) == (8000, 5000)
+    (explained,) = capped["explanations"]
+    assert explained["peak"]["x"] in (1000, 3000, 5000, 7000), explained
+    assert explained["peak"]["y"] in (625, 1875, 3125, 4375), explained
+    assert capped["settings_fingerprint"] != record["settings_fingerprint"]
