@@ -1,0 +1,77 @@
+"""Does `camcli explain` keep memory flat as the number of inputs grows?
+
+    .venv/bin/python benchmarks/bench_memory.py              # 200 vs 2,000 images
+    .venv/bin/python benchmarks/bench_memory.py --model resnet50 --small 100 --large 1000
+
+Runs the real CLI on N and 10·N small generated images (random weights, so nothing is
+downloaded) and prints each run's peak RSS, measured for that child process alone (wait4), and
+their ratio. The goal is a ratio ≤ 1.2: every queue in the pipeline is bounded, so memory should
+depend on the batch size and image sizes, not on how many images there are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_images(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        height, width = rng.integers(48, 160, size=2)
+        pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:05d}.jpg", quality=85)
+
+
+def run(folder: Path, model: str) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB) of one `camcli explain` over ``folder``."""
+    command = [sys.executable, "-m", "camcli.cli", "explain", str(folder), "--model", model,
+               "--weights", "none", "-q"]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"camcli failed: {process.stderr.read().decode()[-500:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="mobilenet_v1_0.25_128")
+    parser.add_argument("--small", type=int, default=200)
+    parser.add_argument("--large", type=int, default=2000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="camcli-memory-"))
+    try:
+        rows = []
+        for count in (args.small, args.large):
+            folder = work / str(count)
+            make_images(folder, count)
+            seconds, rss = run(folder, args.model)
+            rows.append((count, seconds, rss))
+        print(f"| images | wall (s) | peak RSS (MiB) |   model {args.model}, weights none")
+        print("| --- | --- | --- |")
+        for count, seconds, rss in rows:
+            print(f"| {count} | {seconds:.1f} | {rss:.0f} |")
+        ratio = rows[1][2] / rows[0][2]
+        verdict = "met" if ratio <= 1.2 else "MISSED"
+        print(f"\npeak RSS ratio {args.large} / {args.small} images: {ratio:.3f} "
+              f"(goal ≤ 1.2: {verdict})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
