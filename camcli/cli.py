@@ -47,16 +47,18 @@ def _main(
     """Explain image classifiers with class activation maps (Grad-CAM), batched."""
 
 
-def _quiet_tensorflow(debug: bool) -> None:
+def _quiet_tensorflow(debug: bool, threads: int | None = None) -> None:
     """Keep TensorFlow's start-up chatter and Python warnings off stderr unless debugging."""
-    if debug:
-        return
-    import warnings
-
-    warnings.filterwarnings("ignore")
     from camcli.tfimport import import_quietly
 
-    import_quietly()
+    if threads is not None and threads < 1:
+        typer.echo(f"camcli: error: --threads must be at least 1, not {threads}", err=True)
+        raise typer.Exit(int(ExitStatus.USAGE))
+    if not debug:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    import_quietly(threads, quiet=not debug)
 
 
 def _fail(exc: BaseException, debug: bool) -> typer.Exit:
@@ -157,6 +159,10 @@ def explain(
         bool, typer.Option(help="Also write the raw normalised map (.npy).")
     ] = False,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="TensorFlow threads (default: TensorFlow's own choice, all cores)."),
+    ] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend folders.")] = False,
     skip_existing: Annotated[
         bool,
@@ -174,7 +180,7 @@ def explain(
     debug: Annotated[bool, typer.Option(help="Show tracebacks and TensorFlow logs.")] = False,
 ):
     """Write a Grad-CAM overlay and a JSON record beside each image."""
-    _quiet_tensorflow(debug)
+    _quiet_tensorflow(debug, threads)
     from camcli.api import Explainer, OutputOptions
 
     started = time.perf_counter()

@@ -26,12 +26,19 @@ def _stderr_silenced():
         os.close(saved)
 
 
-def import_quietly():
-    """Import TensorFlow and Keras and initialise the CPU device with fd 2 silenced."""
+def import_quietly(threads: int | None = None, quiet: bool = True):
+    """Import TensorFlow and Keras and initialise the CPU device with fd 2 silenced.
+
+    ``threads`` sets TensorFlow's intra- and inter-op thread pools; it must happen here, before
+    the runtime starts, which is why the CLI routes its ``--threads`` option through this.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _stderr_silenced():
+    with _stderr_silenced() if quiet else contextlib.nullcontext():
         import keras  # noqa: F401
         import tensorflow as tf
 
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
         tf.config.list_logical_devices()
     return tf
