@@ -10,6 +10,7 @@ instead of stopping the run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import threading
@@ -468,51 +469,27 @@ class _Writer:
 def explain(
     paths: Iterable[str],
     *,
-    model: str = "resnet50",
-    weights: str = "imagenet",
-    layer: str | Sequence[str] | None = None,
-    method: str = "gradcam",
-    classes: Iterable[int | str] = (),
-    top_k_cams: int | None = None,
-    top_k: int = 5,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    preprocess: str | None = None,
-    labels: str | os.PathLike | None = None,
-    output: str | int | None = None,
-    unsafe_model: bool = False,
-    eigen_smooth: bool = False,
-    aug_smooth: bool = False,
-    fuse: str = "mean",
-    scorecam_batch: int = 64,
-    scorecam_channels: int | None = None,
     recursive: bool = False,
     stdin: Iterable[str] | None = None,
     max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
-    **output_options,
+    skip_existing: bool = False,
+    **options,
 ) -> Iterator[ImageResult]:
     """Explain images from files, folders, globs or ``-`` (stdin); yields one result per input.
 
-    Output keyword arguments are those of :class:`OutputOptions` (``out_dir``, ``colormap``,
-    ``alpha``, ``overlay_format``, ``save_heatmap``, ``max_overlay_side``, ``write``).
+    The other keyword arguments are those of :class:`Explainer` (``model``, ``weights``,
+    ``layer``, ``method``, ``classes``, ...) and of :class:`OutputOptions` (``out_dir``,
+    ``colormap``, ``alpha``, ``overlay_format``, ``save_heatmap``, ``max_overlay_side``,
+    ``write``). The model is loaded before this returns, so bad options raise here.
     """
-    options = OutputOptions(**output_options)
-    explainer = Explainer(
-        model=model,
-        weights=weights,
-        layer=layer,
-        method=method,
-        classes=classes,
-        top_k_cams=top_k_cams,
-        top_k=top_k,
-        batch_size=batch_size,
-        preprocess=preprocess,
-        labels=labels,
-        output=output,
-        unsafe_model=unsafe_model,
-        eigen_smooth=eigen_smooth,
-        aug_smooth=aug_smooth,
-        fuse=fuse,
-        scorecam_batch=scorecam_batch,
-        scorecam_channels=scorecam_channels,
+    output_fields = {f.name for f in dataclasses.fields(OutputOptions)}
+    output = OutputOptions(**{k: options.pop(k) for k in list(options) if k in output_fields})
+    explainer = Explainer(**options)
+    return explainer.run(
+        paths,
+        output,
+        recursive=recursive,
+        stdin=stdin,
+        max_pixels=max_pixels,
+        skip_existing=skip_existing,
     )
-    return explainer.run(paths, options, recursive=recursive, stdin=stdin, max_pixels=max_pixels)
