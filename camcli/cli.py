@@ -376,6 +376,216 @@ def layers(
     _console().print(table)
 
 
+@app.command()
+def audit(
+    manifest: Annotated[
+        Path,
+        typer.Argument(help="CSV or JSONL: path, expected, bbox or mask, per-row thresholds."),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="Registry name (see `camcli models`) or a .keras/.h5 model file."
+        ),
+    ] = "resnet50",
+    weights: Annotated[
+        str,
+        typer.Option(help="'imagenet' (Keras cache, downloads once), 'none' (random) or a file."),
+    ] = "imagenet",
+    layer: Annotated[
+        list[str] | None,
+        typer.Option("--layer", "-l", help="Target layer (default: the model's). Repeat to fuse."),
+    ] = None,
+    method: Annotated[str, typer.Option(help="CAM method, as for explain.")] = "gradcam",
+    fuse: Annotated[str, typer.Option(help="Combine several layers' maps: mean or max.")] = "mean",
+    aug_smooth: Annotated[bool, typer.Option(help="Average over flips and scales.")] = False,
+    eigen_smooth: Annotated[
+        bool, typer.Option(help="Keep the first principal component of the weighted maps.")
+    ] = False,
+    preprocess: Annotated[
+        str | None,
+        typer.Option(help="none, scale01, tf, caffe, torch or a registry model name."),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Class names: a text file (one per line) or a JSON list/dict."),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(help="Classification output (name or index) of a multi-output model."),
+    ] = None,
+    unsafe_model: Annotated[
+        bool, typer.Option(help="Allow model files that run Python code (Lambda layers).")
+    ] = False,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for audit.json, junit.xml, summary.md, "
+                     "report.html and overlays/."),
+    ] = Path("camcli-audit"),
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="An earlier audit.json of the same manifest: report what changed."),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Deletion/insertion steps.")] = 20,
+    top_k: Annotated[int, typer.Option(help="k of the top-k check; predictions listed.")] = 5,
+    blur_sigma: Annotated[
+        float | None,
+        typer.Option(help="Deletion/insertion baseline blur σ, input pixels (default 10 at 224)."),
+    ] = None,
+    pointing_tolerance: Annotated[
+        float | None,
+        typer.Option(help="Pointing-game tolerance, input pixels (default 15 at 224)."),
+    ] = None,
+    min_top1: Annotated[
+        float | None, typer.Option(help="Check: top-1 is the expected class (1 = required).")
+    ] = None,
+    min_topk: Annotated[
+        float | None, typer.Option(help="Check: expected class in the top-k (1 = required).")
+    ] = None,
+    min_expected_probability: Annotated[
+        float | None, typer.Option(help="Check: probability of the expected class.")
+    ] = None,
+    min_pointing: Annotated[
+        float | None, typer.Option(help="Check: map peak on the box/mask (1 = required).")
+    ] = None,
+    min_energy_in_box: Annotated[
+        float | None, typer.Option(help="Check: share of map energy inside the box/mask.")
+    ] = None,
+    max_average_drop: Annotated[
+        float | None, typer.Option(help="Check: Average Drop on image × map, percent.")
+    ] = None,
+    min_increase_in_confidence: Annotated[
+        float | None, typer.Option(help="Check: 100 if image × map scores higher, else 0.")
+    ] = None,
+    max_deletion_auc: Annotated[
+        float | None, typer.Option(help="Check: deletion AUC (lower is more faithful).")
+    ] = None,
+    min_insertion_auc: Annotated[
+        float | None, typer.Option(help="Check: insertion AUC (higher is more faithful).")
+    ] = None,
+    max_map_drift: Annotated[
+        float | None,
+        typer.Option(help="Check (--baseline): 1 - IoU of the top-20 % regions of the maps."),
+    ] = None,
+    max_probability_drop: Annotated[
+        float | None,
+        typer.Option(help="Check (--baseline): fall of the class probability since then."),
+    ] = None,
+    mean: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mean",
+            help="Check on the manifest's mean, not per image: NAME=VALUE with a threshold "
+            "name, e.g. min_energy_in_box=0.3 or min_top1=0.9 (repeatable).",
+        ),
+    ] = None,
+    colormap: Annotated[str, typer.Option(help="Overlay colormap.")] = "jet",
+    alpha: Annotated[float, typer.Option(help="Heatmap opacity in the overlay (0-1).")] = 0.4,
+    max_overlay_side: Annotated[
+        int, typer.Option(help="Longer side of the overlays in overlays/ (pixels).")
+    ] = 640,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
+    score_batch: Annotated[
+        int, typer.Option(help="Perturbed images per model call (faithfulness).")
+    ] = 64,
+    max_pixels: Annotated[
+        int, typer.Option(help="Refuse images declaring more pixels (decompression bombs).")
+    ] = 89_478_485,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="TensorFlow threads (default: TensorFlow's own choice, all cores)."),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar, summary or verdict line.")
+    ] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and TensorFlow logs.")] = False,
+):
+    """Audit what a model looks at on a manifest of images; exit 1 when a check fails."""
+    from camcli.audit import AuditSettings, load_manifest
+    from camcli.audit.checks import parse_mean_check
+    from camcli.audit.reports import verdict_text
+
+    started = time.perf_counter()
+    limits = {
+        "min_top1": min_top1,
+        "min_topk": min_topk,
+        "min_expected_probability": min_expected_probability,
+        "min_pointing": min_pointing,
+        "min_energy_in_box": min_energy_in_box,
+        "max_average_drop": max_average_drop,
+        "min_increase_in_confidence": min_increase_in_confidence,
+        "max_deletion_auc": max_deletion_auc,
+        "min_insertion_auc": min_insertion_auc,
+        "max_map_drift": max_map_drift,
+        "max_probability_drop": max_probability_drop,
+    }
+    try:  # a broken manifest or option fails at once, before TensorFlow is imported
+        settings = AuditSettings(
+            out_dir=out,
+            thresholds={name: value for name, value in limits.items() if value is not None},
+            mean_thresholds=dict(parse_mean_check(text) for text in mean or ()),
+            baseline=baseline,
+            top_k=top_k,
+            steps=steps,
+            blur_sigma=blur_sigma,
+            pointing_tolerance=pointing_tolerance,
+            score_batch=score_batch,
+            colormap=colormap,
+            alpha=alpha,
+            max_overlay_side=max_overlay_side,
+            max_pixels=max_pixels,
+        )
+        settings.validate()
+        parsed = load_manifest(manifest)
+    except Exception as exc:
+        raise _fail(exc, debug) from None
+    _quiet_tensorflow(debug, threads)
+    from camcli.api import Explainer
+    from camcli.audit import run_audit
+
+    progress = _progress(quiet)
+    progress.total = len(parsed.rows)
+    try:
+        if weights.strip().lower() == "none":
+            typer.echo(
+                "camcli: warning: --weights none: random weights, the maps mean nothing",
+                err=True,
+            )
+        with contextlib.redirect_stdout(sys.stderr):  # Keras download messages
+            explainer = Explainer(
+                model=model,
+                weights=weights,
+                layer=layer or None,
+                method=method,
+                batch_size=batch_size,
+                preprocess=preprocess,
+                labels=labels,
+                output=output,
+                unsafe_model=unsafe_model,
+                eigen_smooth=eigen_smooth,
+                aug_smooth=aug_smooth,
+                fuse=fuse,
+            )
+            result = run_audit(parsed, explainer, settings, progress=progress.update)
+    except KeyboardInterrupt:
+        progress.close()
+        typer.echo("camcli: interrupted", err=True)
+        raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+    except Exception as exc:
+        progress.close()
+        raise _fail(exc, debug) from None
+    progress.close()
+    if not quiet:
+        typer.echo(result.files["summary.md"].read_text(encoding="utf-8"))
+        verdict = "passed" if result.passed else "FAILED"
+        typer.echo(
+            f"camcli: audit {verdict}: {verdict_text(result.record['summary'])} in "
+            f"{time.perf_counter() - started:.1f}s; report: {result.files['report.html']}",
+            err=True,
+        )
+    raise typer.Exit(int(result.exit_status))
+
+
 def _console():
     """A rich console; piped, it is as wide as the table needs, so no name is cut short."""
     from rich.console import Console

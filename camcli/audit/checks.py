@@ -5,6 +5,10 @@ manifest column (``min_top1``), the metric it reads and the direction. A thresho
 command line applies to every image; a manifest row may override it for its image or switch it
 ``off``. A check whose metric does not exist for an image (no ``expected`` class, no box, no
 baseline entry) is *skipped*, never silently passed.
+
+The same thresholds can also apply to the manifest's *mean* (``--mean min_energy_in_box=0.3``):
+one image with an odd map then does not fail the build, a model that looks elsewhere on most
+images does. Top-1 accuracy is ``--mean min_top1=0.9``.
 """
 
 from __future__ import annotations
@@ -123,6 +127,51 @@ def evaluate(metrics: dict[str, float | None], limits: dict[str, tuple[float, st
             verdict = "ok" if status == "pass" else "FAILED"
             message = f"{spec.metric} = {_fmt(value)}, required {op} {_fmt(limit)}: {verdict}"
         checks.append(Check(name, spec.metric, op, limit, value, status, source, message))
+    return checks
+
+
+def parse_mean_check(text: str) -> tuple[str, float]:
+    """``"min_energy_in_box=0.3"`` (dashes allowed) -> ``("min_energy_in_box", 0.3)``."""
+    from camcli.errors import UnknownNameError, UsageError
+
+    name, sep, value = text.partition("=")
+    name = name.strip().lstrip("-").replace("-", "_")
+    if not sep:
+        raise UsageError(f"--mean {text!r}: expected NAME=VALUE, e.g. min_energy_in_box=0.3")
+    if name not in BY_NAME:
+        import difflib
+
+        raise UnknownNameError("threshold", name, difflib.get_close_matches(name, BY_NAME, n=3))
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(f"--mean {text!r}: {value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise UsageError(f"--mean {text!r}: the threshold must be a finite number")
+    return name, number
+
+
+def evaluate_means(aggregates: dict, limits: dict[str, float]) -> list[Check]:
+    """Compare the manifest's mean of each metric with its ``--mean`` threshold."""
+    checks = []
+    for spec in THRESHOLDS:
+        if spec.name not in limits:
+            continue
+        limit = limits[spec.name]
+        op = ">=" if spec.minimum else "<="
+        aggregate = aggregates.get(spec.metric)
+        if aggregate is None:
+            value, status = None, "skip"
+            message = f"mean {spec.metric} not measured: no image has {spec.needs}"
+        else:
+            value = aggregate["mean"]
+            status = "pass" if spec.passes(value, limit) else "fail"
+            verdict = "ok" if status == "pass" else "FAILED"
+            low, high = aggregate["ci95"]
+            message = (f"mean {spec.metric} = {_fmt(value)} over {aggregate['n']} images "
+                       f"(95 % CI {_fmt(low)}-{_fmt(high)}), required {op} {_fmt(limit)}: "
+                       f"{verdict}")
+        checks.append(Check(spec.name, spec.metric, op, limit, value, status, "mean", message))
     return checks
 
 

@@ -26,7 +26,7 @@ class Protocol:
     """Everything that changes the faithfulness numbers; recorded with every audit."""
 
     steps: int = 20
-    blur_sigma: float = 5.0  # model-input pixels
+    blur_sigma: float = 10.0  # model-input pixels
     score: str = "softmax"  # how scores become probabilities ("softmax" or "sigmoid")
     tie_seed: int = 0
 

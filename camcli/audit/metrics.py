@@ -19,8 +19,10 @@ import numpy as np
 
 #: The share of a map's pixels that counts as its "hottest region" in map comparisons.
 TOP_FRACTION = 0.2
-#: RISE (Petsiuk et al., 2018) blurs with σ = 5 px at 224 × 224; scaled to other input sizes.
-BLUR_SIGMA_AT_224 = 5.0
+#: Deletion/insertion baseline: Gaussian blur with σ = 10 px at 224 × 224 (scaled to other input
+#: sizes), strong enough that the blurred image no longer shows the object (on the MobileNet
+#: fixture, espresso falls from 0.93 to 0.02; at σ = 5 px it keeps 0.12 and the curves wander).
+BLUR_SIGMA_AT_224 = 10.0
 #: The pointing game (Zhang et al., 2016) accepts a peak within 15 px of the object at 224 px.
 POINTING_TOLERANCE_AT_224 = 15.0
 
