@@ -37,6 +37,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import run_measured  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMCLI = [sys.executable, "-m", "camcli.cli"]
 
@@ -211,26 +214,25 @@ def api_rate(explainer, folder: Path):
 def run_cli(args: list[str]) -> tuple[float, float]:
     """Run the CLI; returns (wall seconds, peak RSS in GB) of that process alone."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(CAMCLI + args, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    error = proc.stderr.read().decode()
-    if proc.returncode != 0:
-        raise RuntimeError(f"camcli {' '.join(args)} failed: {error[-500:]}")
-    return seconds, usage.ru_maxrss / 1024 / 1024
+    code, seconds, peak, errors = run_measured(CAMCLI + args, env=env, cwd=ROOT)
+    if code != 0:
+        raise RuntimeError(f"camcli {' '.join(args)} failed: {errors[-500:]}")
+    return seconds, peak / 2**30
 
 
-def cli_rate(model: str, small: Path, large: Path, n_small: int, n_large: int):
-    """Marginal CLI throughput between two run sizes, and the larger run's peak RSS."""
+def cli_rate(model: str, small: Path, large: Path, n_small: int, n_large: int, repeats: int = 2):
+    """Marginal CLI throughput between two run sizes (best of ``repeats`` each, so start-up
+    noise cancels), and the larger run's peak RSS."""
     common = ["--model", model, "--weights", "none", "-q"]
-    clean_outputs(small)
-    clean_outputs(large)
-    t_small, _ = run_cli(["explain", str(small), *common])
-    t_large, rss = run_cli(["explain", str(large), *common])
-    return (n_large - n_small) / (t_large - t_small), rss
+    times = {small: [], large: []}
+    rss = 0.0
+    for _ in range(repeats):
+        for folder in (small, large):
+            clean_outputs(folder)
+            seconds, peak = run_cli(["explain", str(folder), *common])
+            times[folder].append(seconds)
+            rss = max(rss, peak)
+    return (n_large - n_small) / (min(times[large]) - min(times[small])), rss
 
 
 # --------------------------------------------------------------------------- report
@@ -239,7 +241,7 @@ def cli_rate(model: str, small: Path, large: Path, n_small: int, n_large: int):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
-    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--recipe-images", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
@@ -259,7 +261,7 @@ def main() -> int:
         paths = make_images(work / "large", args.images)
         small = work / "small"
         small.mkdir()
-        n_small = max(args.batch_size, args.images // 4)
+        n_small = max(args.batch_size, args.images // 6)
         for path in paths[:n_small]:
             shutil.copy(path, small / path.name)
         megapixels = np.mean([np.prod(Image.open(p).size) for p in paths]) / 1e6

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_memory.py --model resnet50 --small 100 --large 1000
 
 Runs the real CLI on N and 10·N small generated images (random weights, so nothing is
-downloaded) and prints each run's peak RSS, measured for that child process alone (wait4), and
+downloaded) and prints each run's peak RSS, measured for that child process alone, and
 their ratio. The goal is a ratio ≤ 1.2: every queue in the pipeline is bounded, so memory should
 depend on the batch size and image sizes, not on how many images there are.
 """
@@ -12,15 +12,13 @@ depend on the batch size and image sizes, not on how many images there are.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _measure import run_measured
 from PIL import Image
 
 
@@ -37,13 +35,10 @@ def run(folder: Path, model: str) -> tuple[float, float]:
     """(seconds, peak RSS in MiB) of one `camcli explain` over ``folder``."""
     command = [sys.executable, "-m", "camcli.cli", "explain", str(folder), "--model", model,
                "--weights", "none", "-q"]
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"camcli failed: {process.stderr.read().decode()[-500:]}")
-    return seconds, usage.ru_maxrss / 1024
+    code, seconds, peak, errors = run_measured(command)
+    if code != 0:
+        raise SystemExit(f"camcli failed: {errors[-500:]}")
+    return seconds, peak / 2**20
 
 
 def main() -> int:

@@ -106,22 +106,23 @@ def layercam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
 def first_component(values: np.ndarray) -> np.ndarray:
     """Per image, the projection of the (h·w, channels) matrix on its first principal component.
 
-    Sign-corrected so the result correlates positively with the channel sum (an SVD's sign is
-    arbitrary); returns ``(n, height, width)``.
+    As in the Eigen-CAM paper (eq. 3-4): the SVD of the activation matrix itself, not centred,
+    so a rank-1 tensor ``u ⊗ v`` projects to ``u`` (times ``|v|``). The sign of an SVD is
+    arbitrary: it is set so the result correlates positively with the channel sum. Returns
+    ``(n, height, width)``.
     """
     n, height, width, channels = values.shape
-    out = np.zeros((n, height, width), dtype=np.float64)
-    for i in range(n):
-        matrix = values[i].reshape(-1, channels).astype(np.float64)
-        centred = matrix - matrix.mean(axis=0)
-        if not np.any(centred):
+    matrices = values.reshape(n, -1, channels).astype(np.float64)
+    out = np.zeros((n, height * width), dtype=np.float64)
+    for i, matrix in enumerate(matrices):
+        if not np.any(matrix):
             continue
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        projection = centred @ vt[0]
-        if np.dot(projection, matrix.sum(axis=1) - matrix.sum(axis=1).mean()) < 0:
+        _, _, vt = np.linalg.svd(matrix, full_matrices=False)
+        projection = matrix @ vt[0]
+        if np.dot(projection, matrix.sum(axis=1)) < 0:
             projection = -projection
-        out[i] = projection.reshape(height, width)
-    return out
+        out[i] = projection
+    return out.reshape(n, height, width)
 
 
 def eigencam(activations: np.ndarray) -> np.ndarray:

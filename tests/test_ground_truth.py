@@ -1,17 +1,17 @@
 """Ground truth: on a task where we know what decides the class, Grad-CAM must point at it.
 
-A small CNN is trained here, in seconds, on synthetic images (tests/synthetic.py) whose class is
-decided by one bright object — square, cross or ring — at a random place on a textured
-background with distractor blobs. camcli's engine then explains held-out images, and the peak of
-each map (camcli.heatmaps.map_stats, in input pixels) must fall on the object's bounding box.
+A small CNN is trained once per session (``shapes_cnn`` in conftest.py, in seconds) on synthetic
+images (tests/synthetic.py) whose class is decided by one bright object — square, cross or
+ring — at a random place on a textured background with distractor blobs. camcli's engine then
+explains held-out images, and the peak of each map (camcli.heatmaps.map_stats, in input pixels)
+must fall on the object's bounding box.
 """
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
-from synthetic import make_shapes, point_in_box
+from synthetic import point_in_box
 
 from camcli.engine import Engine, Targets
 from camcli.heatmaps import map_stats
@@ -23,32 +23,11 @@ MARGIN = SIZE / FEATURE_CELLS / 2  # half a feature cell, in pixels
 MIN_POINTING = 0.9
 
 
-def _build_model() -> keras.Model:
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = inputs
-    for filters in (16, 32, 48):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="features")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(CLASSES, name="logits")(x)
-    return keras.Model(inputs, outputs, name="shapes_cnn")
-
-
 @pytest.fixture(scope="module")
-def trained():
-    keras.utils.set_random_seed(0)
-    train = make_shapes(1500, seed=100, size=SIZE, classes=CLASSES)
-    held_out = make_shapes(200, seed=999, size=SIZE, classes=CLASSES)
-    model = _build_model()
-    epochs, batch_size = 6, 32
-    steps = epochs * -(-len(train) // batch_size)
-    model.compile(
-        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, steps)),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    model.fit(train.images, train.labels, batch_size=batch_size, epochs=epochs, verbose=0)
-    return model, held_out
+def trained(shapes_cnn):
+    """The CNN trained once per session in conftest.py (same architecture, data and schedule)."""
+    assert (shapes_cnn.size, shapes_cnn.classes) == (SIZE, CLASSES)
+    return shapes_cnn.model, shapes_cnn.held_out
 
 
 @pytest.fixture(scope="module")
