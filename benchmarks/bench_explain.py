@@ -302,17 +302,17 @@ def main() -> int:
             print(f"| {r['model']} | {r['F']:.1f} | {r['R']:.1f} | {r['ideal']:.1f} | "
                   f"{r['api']:.1f} | {r['cli']:.1f} | {r['recipe']:.2f} | {tkv} | "
                   f"{r['rss']:.2f} GB |")
-        print("\n(images/s)\n\nGoals (CLI rate):")
+        print("\n(images/s)\n\nGoals (CLI rate; the issue sets the F, recipe and tf-keras-vis "
+              "ratios for resnet50 only):")
         for r in rows:
-            checks = [
-                ("≥ 0.85 × ideal", r["cli"] / r["ideal"], 0.85),
-                ("≥ 0.5 × F", r["cli"] / r["F"], 0.5),
-                ("≥ 15 × per-image recipe", r["cli"] / r["recipe"], 15),
-            ]
+            checks = [("≥ 0.85 × ideal", r["cli"] / r["ideal"], 0.85, True)]
+            primary = r["model"] == "resnet50"
+            checks.append(("≥ 0.5 × F", r["cli"] / r["F"], 0.5, primary))
+            checks.append(("≥ 15 × per-image recipe", r["cli"] / r["recipe"], 15, primary))
             if r["tkv"]:
-                checks.append(("≥ 2 × tf-keras-vis", r["cli"] / r["tkv"], 2))
-            for name, ratio, goal in checks:
-                verdict = "met" if ratio >= goal else "MISSED"
+                checks.append(("≥ 2 × tf-keras-vis", r["cli"] / r["tkv"], 2, primary))
+            for name, ratio, goal, is_goal in checks:
+                verdict = ("met" if ratio >= goal else "MISSED") if is_goal else "(no goal)"
                 print(f"  {r['model']:<14} {name:<26} {ratio:6.2f}  {verdict}")
             print(f"  {r['model']:<14} {'peak RSS < 1.5 GB':<26} {r['rss']:6.2f}  "
                   f"{'met' if r['rss'] < 1.5 else 'MISSED'}")
