@@ -92,6 +92,12 @@ def atomic_write(path: Path, data: bytes, protect: Path | None = None) -> None:
         raise OSError(f"refusing to overwrite the input file {protect}")
     if os.path.lexists(path) and not is_camcli_output(path.name):
         raise OSError(f"refusing to overwrite {path}: not a camcli output name, may be an input")
+    replace_atomically(path, data)
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename,
+    without :func:`atomic_write`'s guards (for files of fixed names, such as audit reports)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, temporary = tempfile.mkstemp(

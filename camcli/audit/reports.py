@@ -7,14 +7,12 @@ are tested without running a model.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from camcli.audit import metrics
-from camcli.outputs import TEMP_SUFFIX, to_json_bytes
+from camcli.outputs import replace_atomically, to_json_bytes
 
 AUDIT_SCHEMA_VERSION = 1
 #: Metrics aggregated over images, in report order (booleans count as 0/1).
@@ -37,9 +35,6 @@ AGGREGATED = (
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 MAX_FAILURES_LISTED = 25
-# Read once, at import (os.umask is process-wide, so it is not read while threads write).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def aggregate(images: list[dict]) -> dict:
@@ -217,20 +212,7 @@ def audit_json(record: dict) -> bytes:
 
 
 def write_report(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically (temporary file in the same folder, then a rename).
-
-    Not :func:`camcli.outputs.atomic_write`: that one refuses to replace files whose names are
-    not camcli's per-image output names, and the audit's reports have fixed names that a second
-    audit into the same folder must replace.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temporary, 0o666 & ~_UMASK)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    """Replace ``path`` atomically. Not :func:`camcli.outputs.atomic_write`: that one refuses to
+    replace files whose names are not camcli's per-image output names, and the audit's reports
+    have fixed names that a second audit into the same folder must replace."""
+    replace_atomically(path, data)
