@@ -12,13 +12,11 @@ Random weights (``--weights none``) and a dead proxy: nothing is ever downloaded
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -26,22 +24,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, drop_file_privileges, why_file_privileges_stay
+from cli_helpers import nonblank_lines as _lines
+from cli_helpers import offline_env as _env
 from PIL import Image
 
-CAMCLI = Path(sys.executable).with_name("camcli")
-MODEL = ("--model", "mobilenet_v1_0.25_128", "--weights", "none")  # 128x128 input, 4x4 map
-DEAD_PROXY = "http://127.0.0.1:9"
-WARNING = "camcli: warning: --weights none: random weights, the maps mean nothing"
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
-        env[name] = DEAD_PROXY
-    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
-        env.pop(name, None)
-    env["KERAS_HOME"] = str(home / "keras_home")
-    return env
+MODEL = SMALL_MODEL
 
 
 def _popen(args, cwd: Path, preexec_fn=None, **kwargs) -> subprocess.Popen:
@@ -68,38 +56,13 @@ def _run(args, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     )
 
 
-def _lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
-
-
 # --------------------------------------------------------------------------- file privileges
 
-_PR_CAPBSET_DROP = 24
-_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
-
-
-def _drop_file_privileges() -> None:  # runs in the child, between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
-        if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-
 def unprivileged():
-    """``(preexec_fn, why_not)``: run the child with the preexec_fn to make it obey file modes.
-
-    Tests run as root, who reads mode-000 files. The interpreter lives under /root (mode 700),
-    so the child cannot become 'nobody'; it stays uid 0 but drops CAP_DAC_OVERRIDE and
-    CAP_DAC_READ_SEARCH from its capability bounding set before exec, which leaves it with the
-    ordinary owner/group/other checks. ``why_not`` says why that is impossible here, if it is.
-    """
-    if os.geteuid() != 0:
-        return None, None  # permissions already apply
-    try:
-        subprocess.run(["true"], preexec_fn=_drop_file_privileges, check=True)
-    except (subprocess.SubprocessError, OSError) as exc:
-        return None, f"running as root and cannot drop CAP_DAC_OVERRIDE here: {exc}"
-    return _drop_file_privileges, None
+    """``(preexec_fn, why_not)``: run the child with the preexec_fn to make it obey file modes
+    (see cli_helpers.why_file_privileges_stay); ``why_not`` says why that is impossible here."""
+    why_not = why_file_privileges_stay()
+    return (None if why_not else drop_file_privileges), why_not
 
 
 # --------------------------------------------------------------------------- inputs

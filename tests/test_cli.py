@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,22 +16,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from cli_helpers import CAMCLI
+from cli_helpers import offline_env as _env
 from PIL import Image
 
-CAMCLI = Path(sys.executable).with_name("camcli")
 MODEL = "mobilenet_v1_0.25_128"  # the smallest registry model: 128x128 input, 4x4 target map
-DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: connections are refused at once
-
-
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
-        env[name] = DEAD_PROXY
-    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
-        env.pop(name, None)
-    env["KERAS_HOME"] = str(home / "keras_home")
-    env.update(extra)
-    return env
 
 
 def _camcli(*args: str, cwd: Path, stdin: str | None = None, **env: str):

@@ -12,35 +12,20 @@ Random weights (``--weights none``) and a dead proxy: nothing is ever downloaded
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import CAMCLI, SMALL_MODEL
+from cli_helpers import nonblank_lines as _lines
+from cli_helpers import offline_env as _env
 from PIL import Image
 
-CAMCLI = Path(sys.executable).with_name("camcli")
-MODEL = ("--model", "mobilenet_v1_0.25_128", "--weights", "none")  # 128x128 input, 4x4 map
-DEAD_PROXY = "http://127.0.0.1:9"
+MODEL = SMALL_MODEL
 COUNT, SIZE = 60, (400, 300)  # noise PNGs: incompressible, so each overlay takes a moment
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
-        env[name] = DEAD_PROXY
-    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
-        env.pop(name, None)
-    env["KERAS_HOME"] = str(home / "keras_home")
-    return env
-
-
-def _lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 def _make_inputs(folder: Path) -> list[str]:

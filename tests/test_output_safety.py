@@ -13,35 +13,23 @@ Random weights (``--weights none``) and a dead proxy: nothing is ever downloaded
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, drop_file_privileges, why_file_privileges_stay
+from cli_helpers import nonblank_lines as _lines
+from cli_helpers import offline_env as _env
 from PIL import Image
 
-CAMCLI = Path(sys.executable).with_name("camcli")
-MODEL = ("--model", "mobilenet_v1_0.25_128", "--weights", "none")  # 128x128 input, 4x4 map
-DEAD_PROXY = "http://127.0.0.1:9"
-WARNING = "camcli: warning: --weights none: random weights, the maps mean nothing"
+MODEL = SMALL_MODEL
 GB = 1024**3
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
-        env[name] = DEAD_PROXY
-    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
-        env.pop(name, None)
-    env["KERAS_HOME"] = str(home / "keras_home")
-    return env
 
 
 def _run(args, cwd: Path, preexec_fn=None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -55,10 +43,6 @@ def _run(args, cwd: Path, preexec_fn=None, timeout: float = 240) -> subprocess.C
         timeout=timeout,
         preexec_fn=preexec_fn,
     )
-
-
-def _lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 def _by_input(stdout: str) -> dict[str, dict]:
@@ -92,34 +76,15 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- file privileges
 
-_PR_CAPBSET_DROP = 24
-_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
-
-
-def _drop_file_privileges() -> None:  # runs in the child, between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
-        if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-
 def unprivileged():
-    """A ``preexec_fn`` under which the child obeys file permissions (``None``: it already does).
-
-    Tests run as root, who writes into read-only folders. The interpreter lives under /root
-    (mode 700), so the child cannot become 'nobody'; it stays uid 0 but drops CAP_DAC_OVERRIDE
-    and CAP_DAC_READ_SEARCH from its capability bounding set before exec, which leaves it with
-    the ordinary owner/group/other checks. Skips if the kernel or container does not allow that.
-    """
+    """A ``preexec_fn`` under which the child obeys file permissions (``None``: it already does;
+    see cli_helpers.why_file_privileges_stay). Skips if the container does not allow that."""
     if os.geteuid() != 0:
         return None
-    try:
-        subprocess.run(
-            ["true"], preexec_fn=_drop_file_privileges, capture_output=True, check=True
-        )
-    except (subprocess.SubprocessError, OSError) as exc:
-        pytest.skip(f"running as root and cannot drop CAP_DAC_OVERRIDE here: {exc}")
-    return _drop_file_privileges
+    why_not = why_file_privileges_stay()
+    if why_not:
+        pytest.skip(why_not)
+    return drop_file_privileges
 
 
 # --------------------------------------------------------------------------- never over an input
