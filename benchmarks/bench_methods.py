@@ -22,7 +22,6 @@ and the ratio. Takes about 8 minutes on 2 cores (Score-CAM dominates).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import sys
@@ -82,9 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     import_quietly()
     import tensorflow as tf
 
-    from camcli.engine import CamOptions, Engine, Targets
+    from camcli.engine import Engine, Targets
     from camcli.loading import load
-    from camcli.methods import METHODS
+    from camcli.methods import METHODS, get_method
 
     loaded = load(args.model, weights="none")
     height, width = loaded.input_size
@@ -92,14 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     images = loaded.preprocess(photo_like(args.images, (height, width)).astype(np.float32))
 
     cases = []
-    for name in METHODS:
-        if name == "scorecam":
-            cases.append(("scorecam --scorecam-channels 64", name,
-                          CamOptions(scorecam_channels=64), args.images))
-            cases.append((f"scorecam (all {channels} channels)", name, CamOptions(),
+    for name, method in METHODS.items():
+        if hasattr(method, "channels"):  # Score-CAM: every channel, and the 64 of most variance
+            cases.append((f"{name} --scorecam-channels 64", method.configure(channels=64),
+                          args.images))
+            cases.append((f"{name} (all {channels} channels)", method,
                           min(args.scorecam_images, args.images)))
         else:
-            cases.append((name, name, CamOptions(), args.images))
+            cases.append((name, method, args.images))
 
     print(f"# camcli method speed: {args.model} (weights=None), input {height}x{width}, "
           f"layer {loaded.layer_path} ({channels} channels), batch {args.batch_size}",
@@ -107,14 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"TensorFlow {tf.__version__}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
 
-    def warm(method, options):
-        engine = Engine(loaded, Targets(), method, compiled=True, options=options)
+    def warm(method):
+        engine = Engine(loaded, Targets(), method, compiled=True)
         # Trace every compiled function on one image. Score-CAM over every channel would run
         # thousands of forward passes for that: trace it with one channel instead (the traces
         # do not depend on the option), then time it with its real options.
-        engine.options = dataclasses.replace(options, scorecam_channels=1)
+        engine.method = method.configure(channels=1)
         engine.run(images[:1])
-        engine.options = options
+        engine.method = method
         return engine
 
     def measure(engine, count):
@@ -127,11 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     # Grad-CAM is timed again after every method: each ratio uses the Grad-CAM rates measured
     # just before and just after it, so a machine whose load changes during the run (shared
     # CPUs) skews the ratios less than it skews the absolute rates.
-    reference = warm("gradcam", CamOptions())
+    reference = warm(get_method("gradcam"))
     gradcam_rates = [args.images / measure(reference, args.images)]
     rows = []
-    for label, method, options, count in cases:
-        seconds = measure(warm(method, options), count)
+    for label, method, count in cases:
+        seconds = measure(warm(method), count)
         gradcam_rates.append(args.images / measure(reference, args.images))
         around = (gradcam_rates[-2] + gradcam_rates[-1]) / 2
         rows.append((label, count, seconds, count / seconds, around))

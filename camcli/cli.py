@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 
 from camcli import __version__
+from camcli import options as opt
 from camcli.errors import CamcliError, ExitStatus
 
 app = typer.Typer(
@@ -29,6 +30,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+AUDIT_TOP_K = "k of the top-k check; predictions listed."
+AUDIT_OVERLAY_SIDE = opt.RENDER[2].but(
+    default=640, help="Longer side of the overlays in overlays/ (pixels)."
 )
 
 
@@ -70,205 +77,106 @@ def _fail(exc: BaseException, debug: bool) -> typer.Exit:
     return typer.Exit(int(status))
 
 
-@app.command()
-def explain(
-    paths: Annotated[
-        list[str],
-        typer.Argument(help="Images, folders, glob patterns, or - to read paths from stdin."),
-    ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model", "-m", help="Registry name (see `camcli models`) or a .keras/.h5 model file."
-        ),
-    ] = "resnet50",
-    weights: Annotated[
-        str,
-        typer.Option(help="'imagenet' (Keras cache, downloads once), 'none' (random) or a file."),
-    ] = "imagenet",
-    layer: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--layer",
-            "-l",
-            help="Target layer (default: the model's); nested: outer/inner. Repeat to fuse.",
-        ),
-    ] = None,
-    method: Annotated[
-        str,
-        typer.Option(
-            help="gradcam, gradcam++, xgradcam, hirescam, layercam, eigencam, scorecam, "
-            "ablationcam."
-        ),
-    ] = "gradcam",
-    fuse: Annotated[str, typer.Option(help="Combine several layers' maps: mean or max.")] = "mean",
-    aug_smooth: Annotated[
-        bool, typer.Option(help="Average over flips and scales (6 passes; smoother maps).")
-    ] = False,
-    eigen_smooth: Annotated[
-        bool, typer.Option(help="Keep the first principal component of the weighted maps.")
-    ] = False,
-    scorecam_batch: Annotated[
-        int, typer.Option(help="Score-/Ablation-CAM: masked inputs per model call.")
-    ] = 64,
-    scorecam_channels: Annotated[
-        int | None,
-        typer.Option(help="Score-CAM: only the N highest-variance channels (faster)."),
-    ] = None,
-    classes: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--class", "-c", help="Class to explain: index, WordNet id or label (repeatable)."
-        ),
-    ] = None,
-    top_k_cams: Annotated[
-        int | None, typer.Option(help="Explain each image's N best classes.")
-    ] = None,
-    top_k: Annotated[int, typer.Option(help="Predictions listed in the JSON.")] = 5,
-    preprocess: Annotated[
-        str | None,
-        typer.Option(
-            help="none, scale01, tf, caffe, torch or a registry model name "
-            "(default: the registry model's own; none for model files)."
-        ),
-    ] = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option(help="Class names: a text file (one per line) or a JSON list/dict."),
-    ] = None,
-    output: Annotated[
-        str | None,
-        typer.Option(help="Classification output (name or index) of a multi-output model."),
-    ] = None,
-    unsafe_model: Annotated[
-        bool, typer.Option(help="Allow model files that run Python code (Lambda layers).")
-    ] = False,
-    out_dir: Annotated[
-        Path | None,
-        typer.Option("--out-dir", "-o", help="Write outputs here, mirroring input paths."),
-    ] = None,
-    colormap: Annotated[
-        str, typer.Option(help="jet, turbo, viridis, inferno or gray.")
-    ] = "jet",
-    alpha: Annotated[float, typer.Option(help="Heatmap opacity in the overlay (0-1).")] = 0.4,
-    overlay_format: Annotated[str, typer.Option(help="png, jpg or webp.")] = "png",
-    max_overlay_side: Annotated[
-        int | None, typer.Option(help="Cap the overlay's longer side (pixels).")
-    ] = None,
-    save_heatmap: Annotated[
-        bool, typer.Option(help="Also write the raw normalised map (.npy).")
-    ] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
-    threads: Annotated[
-        int | None,
-        typer.Option(help="TensorFlow threads (default: TensorFlow's own choice, all cores)."),
-    ] = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend folders.")] = False,
-    skip_existing: Annotated[
-        bool,
-        typer.Option(help="Skip inputs whose outputs are complete, newer and made the same way."),
-    ] = False,
-    max_pixels: Annotated[
-        int, typer.Option(help="Refuse images declaring more pixels (decompression bombs).")
-    ] = 89_478_485,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON line per image on stdout.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
-    ] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks and TensorFlow logs.")] = False,
-):
+PATHS = Annotated[
+    list[str], typer.Argument(help="Images, folders, glob patterns, or - to read paths from stdin.")
+]
+
+
+@opt.command(
+    app,
+    opt.MODEL, opt.TARGETS, (opt.TOP_K,), opt.RENDER, opt.OUTPUTS, opt.INPUTS,
+    (opt.MAX_PIXELS, opt.JSON_LINES), opt.RUN,
+)
+def explain(paths: PATHS, **options):
     """Write a Grad-CAM overlay and a JSON record beside each image."""
-    _quiet_tensorflow(debug, threads)
-    from camcli.api import Explainer, OutputOptions
+    from camcli.api import OutputOptions
 
-    started = time.perf_counter()
-    stop = _stop_on_signals()  # before loading: a signal then ends the run before it starts
-    try:
-        options = OutputOptions(
-            out_dir=out_dir,
-            colormap=colormap,
-            alpha=alpha,
-            overlay_format=overlay_format,
-            save_heatmap=save_heatmap,
-            max_overlay_side=max_overlay_side,
-        )
-        if weights.strip().lower() == "none":
-            typer.echo(
-                "camcli: warning: --weights none: random weights, the maps mean nothing",
-                err=True,
-            )
-        # Keras prints its download messages to stdout; stdout is for --json lines only.
-        with contextlib.redirect_stdout(sys.stderr):
-            explainer = Explainer(
-                model=model,
-                weights=weights,
-                layer=layer or None,
-                method=method,
-                classes=classes or (),
-                top_k_cams=top_k_cams,
-                top_k=top_k,
-                batch_size=batch_size,
-                preprocess=preprocess,
-                labels=labels,
-                output=output,
-                unsafe_model=unsafe_model,
-                eigen_smooth=eigen_smooth,
-                aug_smooth=aug_smooth,
-                fuse=fuse,
-                scorecam_batch=scorecam_batch,
-                scorecam_channels=scorecam_channels,
-            )
-    except KeyboardInterrupt:
-        typer.echo("camcli: interrupted", err=True)
-        raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
-    except Exception as exc:
-        raise _fail(exc, debug) from None
-
-    if stop.is_set():
-        typer.echo("camcli: interrupted", err=True)
-        raise typer.Exit(int(ExitStatus.INTERRUPTED))
-    results = explainer.run(
-        paths,
-        options,
-        recursive=recursive,
-        max_pixels=max_pixels,
-        skip_existing=skip_existing,
-        stop=stop,
+    session = _Session(options)
+    output, explainer = session.load(
+        lambda: OutputOptions(**opt.pick(options, opt.RENDER + opt.OUTPUTS)),
+        opt.pick(options, opt.MODEL + opt.TARGETS + (opt.TOP_K,)),
     )
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-    progress = _progress(quiet)
-    try:
-        for result in results:
-            progress.update(1)
-            if not result.ok:
-                counts["failed"] += 1
-                progress.write(f"{result.path}: {result.error}", file=sys.stderr)
-                if debug and result.exception is not None:
-                    trace = traceback.format_exception(result.exception)
-                    progress.write("".join(trace).rstrip("\n"), file=sys.stderr)
-            else:
-                counts["skipped" if result.skipped else "done"] += 1
-            if as_json:
-                sys.stdout.write(json.dumps(result.to_json(), sort_keys=True) + "\n")
-                sys.stdout.flush()
-    except KeyboardInterrupt:  # a second signal: stop at once (outputs are atomic anyway)
-        stop.set()
-    except BrokenPipeError:
-        # The reader went away (`camcli explain --json ... | head`): stop quietly, like cat does.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(int(ExitStatus.SOME_FAILED)) from None
-    except Exception as exc:
+    results = explainer.run(paths, output, stop=session.stop, max_pixels=options["max_pixels"],
+                            **opt.pick(options, opt.INPUTS))
+    raise typer.Exit(session.show(results, as_json=options["as_json"]))
+
+
+class _Session:
+    """What every command that runs a model shares: quiet TensorFlow, signals, loading the
+    explainer, progress and the summary line, and turning failures into exit codes."""
+
+    def __init__(self, options: dict, stop_on_signals: bool = True):
+        self.debug, self.quiet = options["debug"], options["quiet"]
+        _quiet_tensorflow(self.debug, options["threads"])
+        self.started = time.perf_counter()
+        # Before loading: a signal then ends the run before it starts. Without it, SIGINT is
+        # Python's KeyboardInterrupt, which ends the command at once.
+        self.stop = _stop_on_signals() if stop_on_signals else threading.Event()
+
+    def load(self, make_options, model_options: dict):
+        """``(make_options(), Explainer(**model_options))``, or exit with the reason."""
+        from camcli.api import Explainer
+
+        try:
+            options = make_options()
+            if model_options["weights"].strip().lower() == "none":
+                typer.echo(f"camcli: warning: {RANDOM_WEIGHTS}", err=True)
+            # Keras prints its download messages to stdout; stdout is for --json lines only.
+            with contextlib.redirect_stdout(sys.stderr):
+                explainer = Explainer(**model_options)
+        except KeyboardInterrupt:
+            raise self.interrupted() from None
+        except Exception as exc:
+            raise _fail(exc, self.debug) from None
+        if self.stop.is_set():
+            raise self.interrupted()
+        return options, explainer
+
+    def interrupted(self) -> typer.Exit:
+        typer.echo("camcli: interrupted", err=True)
+        return typer.Exit(int(ExitStatus.INTERRUPTED))
+
+    def show(self, results, as_json: bool = False) -> int:
+        """Consume the results: progress, one stderr line per failure, ``--json`` lines on
+        stdout, the summary. Returns the exit status."""
+        counts = {"done": 0, "skipped": 0, "failed": 0}
+        progress = _progress(self.quiet)
+        try:
+            for result in results:
+                progress.update(1)
+                self._count(result, counts, progress)
+                if as_json:
+                    sys.stdout.write(json.dumps(result.to_json(), sort_keys=True) + "\n")
+                    sys.stdout.flush()
+        except KeyboardInterrupt:  # a second signal: stop at once (outputs are atomic anyway)
+            self.stop.set()
+        except BrokenPipeError:
+            # The reader went away (`camcli explain --json ... | head`): stop quietly, like cat.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return int(ExitStatus.SOME_FAILED)
+        except Exception as exc:
+            progress.close()
+            raise _fail(exc, self.debug) from None
         progress.close()
-        raise _fail(exc, debug) from None
-    progress.close()
-    _summary(counts, started, quiet, interrupted=stop.is_set())
-    if stop.is_set():
-        raise typer.Exit(int(ExitStatus.INTERRUPTED))
-    if not any(counts.values()):
-        typer.echo("camcli: warning: no images found", err=True)
-    raise typer.Exit(int(ExitStatus.SOME_FAILED if counts["failed"] else ExitStatus.OK))
+        _summary(counts, self.started, self.quiet, interrupted=self.stop.is_set())
+        if self.stop.is_set():
+            return int(ExitStatus.INTERRUPTED)
+        if not any(counts.values()):
+            typer.echo("camcli: warning: no images found", err=True)
+        return int(ExitStatus.SOME_FAILED if counts["failed"] else ExitStatus.OK)
+
+    def _count(self, result, counts: dict, progress) -> None:
+        if result.ok:
+            counts["skipped" if result.skipped else "done"] += 1
+            return
+        counts["failed"] += 1
+        progress.write(f"{result.path}: {result.error}", file=sys.stderr)
+        if self.debug and result.exception is not None:
+            trace = traceback.format_exception(result.exception)
+            progress.write("".join(trace).rstrip("\n"), file=sys.stderr)
+
+
+RANDOM_WEIGHTS = "--weights none: random weights, the maps mean nothing"
 
 
 def _stop_on_signals() -> threading.Event:
@@ -310,18 +218,18 @@ def _summary(counts: dict, started: float, quiet: bool, interrupted: bool = Fals
     )
 
 
-@app.command()
+@opt.command(app, (opt.AS_JSON,))
 def models(
     pattern: Annotated[
         str | None, typer.Argument(help="Only names matching this glob, e.g. 'efficientnet*'.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    **options,
 ):
     """List the models camcli knows (no TensorFlow needed)."""
     from camcli import registry
 
     specs = registry.list_models(pattern)
-    if as_json:
+    if options["as_json"]:
         typer.echo(json.dumps([spec.to_dict() for spec in specs], indent=2))
         return
     from rich.table import Table
@@ -337,33 +245,29 @@ def models(
     _console().print(table)
 
 
-@app.command()
+@opt.command(app, opt.only(opt.MODEL, "output", "unsafe_model"), (opt.AS_JSON,),
+             opt.only(opt.RUN, "debug"))
 def layers(
     model: Annotated[str, typer.Argument(help="Registry model name or .keras/.h5 model file.")],
-    output: Annotated[
-        str | None,
-        typer.Option(help="Classification output (name or index) of a multi-output model."),
-    ] = None,
-    unsafe_model: Annotated[
-        bool, typer.Option(help="Allow model files that run Python code (Lambda layers).")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks and TensorFlow logs.")] = False,
+    **options,
 ):
     """List the layers with 4-D outputs (possible --layer targets); * marks the default."""
+    debug = options["debug"]
     _quiet_tensorflow(debug)
     try:
         from camcli import loading
 
         weights = "file" if loading.is_model_file(model) else "none"  # shapes only
-        loaded = loading.load(model, weights=weights, output=output, unsafe=unsafe_model)
+        loaded = loading.load(
+            model, weights=weights, output=options["output"], unsafe=options["unsafe_model"]
+        )
         rows = [
             {"layer": s.path, "shape": list(s.shape), "default": s.path == loaded.layer_path}
             for s in loading.spatial_layers(loaded.model)
         ]
     except Exception as exc:
         raise _fail(exc, debug) from None
-    if as_json:
+    if options["as_json"]:
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
@@ -376,206 +280,53 @@ def layers(
     _console().print(table)
 
 
-@app.command()
-def audit(
-    manifest: Annotated[
-        Path,
-        typer.Argument(help="CSV or JSONL: path, expected, bbox or mask, per-row thresholds."),
-    ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model", "-m", help="Registry name (see `camcli models`) or a .keras/.h5 model file."
-        ),
-    ] = "resnet50",
-    weights: Annotated[
-        str,
-        typer.Option(help="'imagenet' (Keras cache, downloads once), 'none' (random) or a file."),
-    ] = "imagenet",
-    layer: Annotated[
-        list[str] | None,
-        typer.Option("--layer", "-l", help="Target layer (default: the model's). Repeat to fuse."),
-    ] = None,
-    method: Annotated[str, typer.Option(help="CAM method, as for explain.")] = "gradcam",
-    fuse: Annotated[str, typer.Option(help="Combine several layers' maps: mean or max.")] = "mean",
-    aug_smooth: Annotated[bool, typer.Option(help="Average over flips and scales.")] = False,
-    eigen_smooth: Annotated[
-        bool, typer.Option(help="Keep the first principal component of the weighted maps.")
-    ] = False,
-    preprocess: Annotated[
-        str | None,
-        typer.Option(help="none, scale01, tf, caffe, torch or a registry model name."),
-    ] = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option(help="Class names: a text file (one per line) or a JSON list/dict."),
-    ] = None,
-    output: Annotated[
-        str | None,
-        typer.Option(help="Classification output (name or index) of a multi-output model."),
-    ] = None,
-    unsafe_model: Annotated[
-        bool, typer.Option(help="Allow model files that run Python code (Lambda layers).")
-    ] = False,
-    out: Annotated[
-        Path,
-        typer.Option("--out", "-o", help="Folder for audit.json, junit.xml, summary.md, "
-                     "report.html and overlays/."),
-    ] = Path("camcli-audit"),
-    baseline: Annotated[
-        Path | None,
-        typer.Option(help="An earlier audit.json of the same manifest: report what changed."),
-    ] = None,
-    steps: Annotated[int, typer.Option(help="Deletion/insertion steps.")] = 20,
-    top_k: Annotated[int, typer.Option(help="k of the top-k check; predictions listed.")] = 5,
-    blur_sigma: Annotated[
-        float | None,
-        typer.Option(help="Deletion/insertion baseline blur σ, input pixels (default 10 at 224)."),
-    ] = None,
-    pointing_tolerance: Annotated[
-        float | None,
-        typer.Option(help="Pointing-game tolerance, input pixels (default 15 at 224)."),
-    ] = None,
-    min_top1: Annotated[
-        float | None, typer.Option(help="Check: top-1 is the expected class (1 = required).")
-    ] = None,
-    min_topk: Annotated[
-        float | None, typer.Option(help="Check: expected class in the top-k (1 = required).")
-    ] = None,
-    min_expected_probability: Annotated[
-        float | None, typer.Option(help="Check: probability of the expected class.")
-    ] = None,
-    min_pointing: Annotated[
-        float | None, typer.Option(help="Check: map peak on the box/mask (1 = required).")
-    ] = None,
-    min_energy_in_box: Annotated[
-        float | None, typer.Option(help="Check: share of map energy inside the box/mask.")
-    ] = None,
-    max_average_drop: Annotated[
-        float | None, typer.Option(help="Check: Average Drop on image × map, percent.")
-    ] = None,
-    min_increase_in_confidence: Annotated[
-        float | None, typer.Option(help="Check: 100 if image × map scores higher, else 0.")
-    ] = None,
-    max_deletion_auc: Annotated[
-        float | None, typer.Option(help="Check: deletion AUC (lower is more faithful).")
-    ] = None,
-    min_insertion_auc: Annotated[
-        float | None, typer.Option(help="Check: insertion AUC (higher is more faithful).")
-    ] = None,
-    max_map_drift: Annotated[
-        float | None,
-        typer.Option(help="Check (--baseline): 1 - IoU of the top-20 % regions of the maps."),
-    ] = None,
-    max_probability_drop: Annotated[
-        float | None,
-        typer.Option(help="Check (--baseline): fall of the class probability since then."),
-    ] = None,
-    mean: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--mean",
-            help="Check on the manifest's mean, not per image: NAME=VALUE with a threshold "
-            "name, e.g. min_energy_in_box=0.3 or min_top1=0.9 (repeatable).",
-        ),
-    ] = None,
-    colormap: Annotated[str, typer.Option(help="Overlay colormap.")] = "jet",
-    alpha: Annotated[float, typer.Option(help="Heatmap opacity in the overlay (0-1).")] = 0.4,
-    max_overlay_side: Annotated[
-        int, typer.Option(help="Longer side of the overlays in overlays/ (pixels).")
-    ] = 640,
-    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
-    score_batch: Annotated[
-        int, typer.Option(help="Perturbed images per model call (faithfulness).")
-    ] = 64,
-    max_pixels: Annotated[
-        int, typer.Option(help="Refuse images declaring more pixels (decompression bombs).")
-    ] = 89_478_485,
-    threads: Annotated[
-        int | None,
-        typer.Option(help="TensorFlow threads (default: TensorFlow's own choice, all cores)."),
-    ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar, summary or verdict line.")
-    ] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks and TensorFlow logs.")] = False,
-):
+MANIFEST = Annotated[
+    Path, typer.Argument(help="CSV or JSONL: path, expected, bbox or mask, per-row thresholds.")
+]
+
+
+@opt.command(
+    app,
+    opt.MODEL, opt.AUDIT, opt.THRESHOLD_OPTIONS, (opt.TOP_K.but(help=AUDIT_TOP_K),),
+    opt.only(opt.RENDER, "colormap", "alpha"), (AUDIT_OVERLAY_SIDE, opt.MAX_PIXELS), opt.RUN,
+)
+def audit(manifest: MANIFEST, **options):
     """Audit what a model looks at on a manifest of images; exit 1 when a check fails."""
-    from camcli.audit import AuditSettings, load_manifest
+    from camcli.audit import AuditSettings, load_manifest, run_audit
     from camcli.audit.checks import parse_mean_check
     from camcli.audit.reports import verdict_text
 
     started = time.perf_counter()
-    limits = {
-        "min_top1": min_top1,
-        "min_topk": min_topk,
-        "min_expected_probability": min_expected_probability,
-        "min_pointing": min_pointing,
-        "min_energy_in_box": min_energy_in_box,
-        "max_average_drop": max_average_drop,
-        "min_increase_in_confidence": min_increase_in_confidence,
-        "max_deletion_auc": max_deletion_auc,
-        "min_insertion_auc": min_insertion_auc,
-        "max_map_drift": max_map_drift,
-        "max_probability_drop": max_probability_drop,
-    }
+    model_options = opt.pick(options, opt.MODEL)
+    thresholds = opt.pick(options, opt.THRESHOLD_OPTIONS)
+    protocol = opt.pick(options, opt.AUDIT)
     try:  # a broken manifest or option fails at once, before TensorFlow is imported
         settings = AuditSettings(
-            out_dir=out,
-            thresholds={name: value for name, value in limits.items() if value is not None},
-            mean_thresholds=dict(parse_mean_check(text) for text in mean or ()),
-            baseline=baseline,
-            top_k=top_k,
-            steps=steps,
-            blur_sigma=blur_sigma,
-            pointing_tolerance=pointing_tolerance,
-            score_batch=score_batch,
-            colormap=colormap,
-            alpha=alpha,
-            max_overlay_side=max_overlay_side,
-            max_pixels=max_pixels,
+            out_dir=protocol.pop("out"),
+            thresholds={name: value for name, value in thresholds.items() if value is not None},
+            mean_thresholds=dict(parse_mean_check(text) for text in protocol.pop("mean") or ()),
+            **protocol,
+            **opt.pick(options, (opt.TOP_K, *opt.RENDER, opt.MAX_PIXELS)),
         )
         settings.validate()
         parsed = load_manifest(manifest)
     except Exception as exc:
-        raise _fail(exc, debug) from None
-    _quiet_tensorflow(debug, threads)
-    from camcli.api import Explainer
-    from camcli.audit import run_audit
-
-    progress = _progress(quiet)
+        raise _fail(exc, options["debug"]) from None
+    session = _Session(options, stop_on_signals=False)  # Ctrl-C ends an audit at once
+    progress = _progress(session.quiet)
     progress.total = len(parsed.rows)
+    _, explainer = session.load(lambda: None, model_options)
     try:
-        if weights.strip().lower() == "none":
-            typer.echo(
-                "camcli: warning: --weights none: random weights, the maps mean nothing",
-                err=True,
-            )
-        with contextlib.redirect_stdout(sys.stderr):  # Keras download messages
-            explainer = Explainer(
-                model=model,
-                weights=weights,
-                layer=layer or None,
-                method=method,
-                batch_size=batch_size,
-                preprocess=preprocess,
-                labels=labels,
-                output=output,
-                unsafe_model=unsafe_model,
-                eigen_smooth=eigen_smooth,
-                aug_smooth=aug_smooth,
-                fuse=fuse,
-            )
+        with contextlib.redirect_stdout(sys.stderr):
             result = run_audit(parsed, explainer, settings, progress=progress.update)
     except KeyboardInterrupt:
         progress.close()
-        typer.echo("camcli: interrupted", err=True)
-        raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+        raise session.interrupted() from None
     except Exception as exc:
         progress.close()
-        raise _fail(exc, debug) from None
+        raise _fail(exc, session.debug) from None
     progress.close()
-    if not quiet:
+    if not session.quiet:
         typer.echo(result.files["summary.md"].read_text(encoding="utf-8"))
         verdict = "passed" if result.passed else "FAILED"
         typer.echo(

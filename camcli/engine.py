@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from camcli.heatmaps import normalize
 from camcli.loading import LoadedModel, patched
-from camcli.methods import Method, get_method
+from camcli.methods import Method, Needs, get_method
 
 #: ``--aug-smooth``: horizontal flip × 3 scales (zoomed out and padded); maps are mapped back.
 AUGMENTATIONS = tuple((flip, scale) for flip in (False, True) for scale in (1.0, 0.875, 0.75))
@@ -53,21 +53,15 @@ class Targets:
 
 @dataclass(frozen=True)
 class CamOptions:
-    """How maps are made beyond the method's own formula."""
+    """How maps are made beyond the method's own formula (the method carries its own options)."""
 
     eigen_smooth: bool = False  # first principal component of the weighted activations
     aug_smooth: bool = False  # average over AUGMENTATIONS, each mapped back to the frame
     fuse: str = "mean"  # how maps of several layers combine
-    chunk_size: int = 64  # masked inputs / ablated activations per model call
-    scorecam_channels: int | None = None  # Faster Score-CAM: the N highest-variance channels
 
     def __post_init__(self):
         if self.fuse not in FUSIONS:
             raise ValueError(f"fuse must be one of {FUSIONS}, not {self.fuse!r}")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk size must be at least 1, not {self.chunk_size}")
-        if self.scorecam_channels is not None and self.scorecam_channels < 1:
-            raise ValueError(f"scorecam channels must be at least 1, not {self.scorecam_channels}")
 
 
 @dataclass
@@ -113,6 +107,11 @@ class Engine:
         )
         self._forward = self._compile(self._logits, [self._images_spec])
         self._tails: dict[int, object] = {}
+        # What each channel-scoring need costs: the method says which it needs.
+        self._channel_scorers = {
+            Needs.MASKED_INPUT_SCORES: self._masked_input_scores,
+            Needs.ABLATION_SCORES: self._ablation_scores,
+        }
 
     def _compile(self, function, signature):
         return tf.function(function, input_signature=signature) if self.compiled else function
@@ -154,24 +153,30 @@ class Engine:
         n, k = targets.shape
         per_layer = []
         for index, a in enumerate(activations):
-            if self.method.needs == "channel_scores":
-                channel_scores = self._channel_scores(index, batch, a, targets)  # (k, n, c')
-                channel_scores = channel_scores.reshape(k * n, -1)
-                g = None
-            else:
-                channel_scores = None
-                g = gradients[index].reshape(k * n, *a.shape[1:]) if gradients else None
+            evidence = self._evidence(index, batch, a, gradients, targets)
             a_kn = np.broadcast_to(a[None], (k, *a.shape)).reshape(k * n, *a.shape[1:])
-            raw = self.method.cam(a_kn, g, channel_scores, self.options.eigen_smooth)
+            raw = self.method.cam(a_kn, evidence, self.options.eigen_smooth)
             maps, _ = normalize(raw)
             per_layer.append(maps.reshape(k, n, *maps.shape[1:]).transpose(1, 0, 2, 3))
         return logits, targets, scores, _fuse(per_layer, self.options.fuse)
+
+    def _evidence(self, index: int, batch, activations, gradients, targets):
+        """What the method needs besides layer ``index``'s activations, flattened to ``k * n``
+        rows (class-major, like the maps)."""
+        n, k = targets.shape
+        needs = self.method.needs
+        if needs is Needs.ACTIVATIONS:
+            return None
+        if needs is Needs.GRADIENTS:
+            return gradients[index].reshape(k * n, *activations.shape[1:])
+        scorer = self._channel_scorers[needs]
+        return scorer(index, batch, activations, targets).reshape(k * n, -1)
 
     def _forward_backward(self, images, forced_targets):
         """Forward pass with activation capture, then d(target score)/d(activations)."""
         self.trace_count += 1  # runs once per trace when compiled, every call when eager
         k = self.targets.count
-        needs_gradients = self.method.needs == "gradients"
+        needs_gradients = self.method.needs_gradients
         persistent = needs_gradients and (k > 1 or len(self.layers) > 1)
         with tf.GradientTape(watch_accessed_variables=False, persistent=persistent) as tape:
             with patched(self.loaded.patches), contextlib.ExitStack() as stack:
@@ -222,26 +227,17 @@ class Engine:
 
     # ----------------------------------------------------------------- channel scores
 
-    def _channel_scores(self, index: int, batch, activations, targets) -> np.ndarray:
-        if self.method.name == "scorecam":
-            return self._scorecam_scores(batch, activations, targets)
-        return self._ablation_scores(index, batch, activations, targets)
-
-    def _scorecam_scores(self, batch, activations, targets) -> np.ndarray:
-        """Target scores of the input masked by each (selected) channel's normalised map.
-
-        Returns ``(k, n, channels)``; channels left out by ``scorecam_channels`` are ``-inf``.
-        """
+    def _masked_input_scores(self, index: int, batch, activations, targets) -> np.ndarray:
+        """Target scores of the input masked by each channel's normalised, upsampled map, for
+        the channels the method chooses. Returns ``(k, n, channels)``; channels not scored are
+        ``-inf``."""
         n, _, _, c = activations.shape
         k = targets.shape[1]
-        keep = min(c, self.options.scorecam_channels or c)
-        variance = activations.reshape(n, -1, c).var(axis=1)
-        chosen = np.sort(np.argsort(-variance, axis=1, kind="stable")[:, :keep], axis=1)
+        chosen = self.method.channels_to_score(activations)
         pairs = [(i, ch) for i in range(n) for ch in chosen[i]]
         out = np.full((k, n, c), -np.inf)
         height, width = self.loaded.input_size
-        for start in range(0, len(pairs), self.options.chunk_size):
-            images, channels = np.array(pairs[start : start + self.options.chunk_size]).T
+        for images, channels in _chunks(pairs, self.method.chunk_size):
             maps = activations[images, :, :, channels][..., None]  # (m, h, w, 1)
             masks = tf.image.resize(maps, (height, width), method="bilinear").numpy()
             low = masks.min(axis=(1, 2, 3), keepdims=True)
@@ -254,17 +250,19 @@ class Engine:
 
     def _ablation_scores(self, index: int, batch, activations, targets) -> np.ndarray:
         """Column 0: the score from the unablated activations; column ``c + 1``: with channel c
-        zeroed. Returns ``(k, n, channels + 1)``."""
+        zeroed (channels the method does not score keep the unablated score). Returns
+        ``(k, n, channels + 1)``."""
         n, _, _, c = activations.shape
         k = targets.shape[1]
         tail = self._tail(index)
-        out = np.empty((k, n, c + 1))
         base = _numpy(tail(tf.constant(activations), tf.constant(batch)))
+        rows = np.arange(n)
+        out = np.empty((k, n, c + 1))
         for j in range(k):
-            out[j, :, 0] = base[np.arange(n), targets[:, j]]
-        pairs = np.array([(i, ch) for i in range(n) for ch in range(c)])
-        for start in range(0, len(pairs), self.options.chunk_size):
-            images, channels = pairs[start : start + self.options.chunk_size].T
+            out[j] = base[rows, targets[:, j]][:, None]
+        chosen = self.method.channels_to_score(activations)
+        pairs = [(i, ch) for i in range(n) for ch in chosen[i]]
+        for images, channels in _chunks(pairs, self.method.chunk_size):
             ablated = activations[images].copy()
             ablated[np.arange(len(images)), :, :, channels] = 0.0
             logits = _numpy(tail(tf.constant(ablated), tf.constant(batch[images])))
@@ -304,6 +302,13 @@ class Engine:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _chunks(pairs: list, size: int):
+    """``(images, channels)`` index arrays for consecutive chunks of (image, channel) pairs."""
+    for start in range(0, len(pairs), size):
+        images, channels = np.array(pairs[start : start + size]).T
+        yield images, channels
 
 
 def _numpy(value):

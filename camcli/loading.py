@@ -165,27 +165,8 @@ def load(
     n_outputs = int(_output_shapes(keras_model)[output_index][-1])
     binary = activation == "sigmoid" and n_outputs == 1
     n_classes = 2 if binary else n_outputs
-    if labels is not None:
-        class_labels = load_label_file(labels, expected=n_classes)
-    elif default_labels is not None and len(default_labels) == n_classes:
-        class_labels = default_labels
-    else:
-        class_labels = generic_labels(n_classes)
-    # The rule, not the registry's stored name, picks the default: auto-generated layer names
-    # (NASNet, MobileNetV3) depend on what the process built before. The registry test checks
-    # that the rule gives the stored name in a fresh process.
-    requested = [layer] if isinstance(layer, str) else list(layer or ())
-    if requested:
-        chosen = [resolve_layer(keras_model, path) for path in dict.fromkeys(requested)]
-        feeding = _feeding_layers(keras_model, output_index)
-        for target in chosen:
-            if feeding is not None and id(target.layer) not in feeding:
-                raise UsageError(
-                    f"layer {target.path!r} does not feed output "
-                    f"{_output_names(keras_model)[output_index]!r}: nothing to explain there"
-                )
-    else:
-        chosen = [default_layer(keras_model, output_index)]
+    class_labels = _choose_labels(labels, default_labels, n_classes)
+    chosen = _choose_layers(keras_model, layer, output_index)
     target = chosen[0]
     preprocess_fn, preprocess_name = get_preprocess(preprocess or default_preprocess)
     height, width, channels = _input_geometry(keras_model)
@@ -213,6 +194,35 @@ def load(
         binary=binary,
         patches=patches,
     )
+
+
+def _choose_labels(labels, default_labels: Labels | None, n_classes: int) -> Labels:
+    if labels is not None:
+        return load_label_file(labels, expected=n_classes)
+    if default_labels is not None and len(default_labels) == n_classes:
+        return default_labels
+    return generic_labels(n_classes)
+
+
+def _choose_layers(keras_model, layer, output_index: int) -> list[SpatialLayer]:
+    """The target layers: those asked for (each must feed the output), else the default.
+
+    The rule, not the registry's stored name, picks the default: auto-generated layer names
+    (NASNet, MobileNetV3) depend on what the process built before. The registry test checks
+    that the rule gives the stored name in a fresh process.
+    """
+    requested = [layer] if isinstance(layer, str) else list(layer or ())
+    if not requested:
+        return [default_layer(keras_model, output_index)]
+    chosen = [resolve_layer(keras_model, path) for path in dict.fromkeys(requested)]
+    feeding = _feeding_layers(keras_model, output_index)
+    for target in chosen:
+        if feeding is not None and id(target.layer) not in feeding:
+            raise UsageError(
+                f"layer {target.path!r} does not feed output "
+                f"{_output_names(keras_model)[output_index]!r}: nothing to explain there"
+            )
+    return chosen
 
 
 # --------------------------------------------------------------------------- building

@@ -1,18 +1,27 @@
-"""CAM formulas: pure functions from a layer's activations and gradients to weighted activations.
+"""CAM methods: each is a strategy object holding its formula, what it needs and its options.
 
-Every method takes ``activations`` and ``gradients`` shaped ``(n, height, width, channels)`` —
-the gradient of each image's own target score with respect to its own activations — and returns
-the *weighted activations*, same shape. The map is then ``ReLU(sum over channels)``
-(:func:`combine`), or, with ``eigen_smooth``, ``ReLU`` of their first principal component
-(:func:`first_component`), as in pytorch-grad-cam. Methods that need more than one backward pass
-(Score-CAM, Ablation-CAM) get their channel scores from the engine through ``channel_scores``.
+Every formula takes ``activations`` shaped ``(n, height, width, channels)`` and the *evidence*
+its method asks the engine for, and returns the *weighted activations*, same shape. The map is
+then ``ReLU(sum over channels)`` (:func:`combine`), or, with ``eigen_smooth``, ``ReLU`` of their
+first principal component (:func:`first_component`), as in pytorch-grad-cam.
 
-They know nothing of models or files, so they are tested on hand-made arrays. Normalisation to
-[0, 1] lives in :mod:`camcli.heatmaps`.
+What a method needs is declared once, on the method (:class:`Needs`): the gradient of each
+image's own target score with respect to its own activations, nothing beyond the activations,
+or channel scores from extra model calls — the target scores of the input masked by each
+channel (Score-CAM) or of the network with each channel ablated (Ablation-CAM). The engine asks
+the method and computes exactly that; it never looks at a method's name. A channel-scoring
+method also carries its own options (how many masked inputs per model call, which channels).
+
+Adding a method: write its formula below and add one row to :data:`METHODS`. The CLI's
+``--method`` help, the README's table (checked by a test) and the tests' method lists all read
+that table. Formulas know nothing of models or files, so they are tested on hand-made arrays.
+Normalisation to [0, 1] lives in :mod:`camcli.heatmaps`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,29 +29,110 @@ import numpy as np
 
 #: Guards divisions whose denominator is zero only where the numerator is zero too.
 _EPS = 1e-12
+#: Masked inputs (Score-CAM) or ablated activations (Ablation-CAM) per model call.
+DEFAULT_CHUNK_SIZE = 64
+
+
+class Needs(str, enum.Enum):
+    """What a method takes from the engine besides the target layer's activations."""
+
+    GRADIENTS = "gradients"  # d(target score) / d(activations), one backward pass
+    ACTIVATIONS = "activations"  # nothing more: gradient-free
+    MASKED_INPUT_SCORES = "masked_input_scores"  # scores of the input masked by each channel
+    ABLATION_SCORES = "ablation_scores"  # unablated score, then the score per zeroed channel
 
 
 @dataclass(frozen=True)
 class Method:
-    """A CAM method: its name, its formula, what it needs from the engine, its paper."""
+    """A CAM method: its name, its formula, what it needs from the engine, its paper.
+
+    Gradient methods are plain instances; methods that score channels with extra model calls
+    are :class:`ChannelScoringMethod` instances, which carry their own options.
+    """
 
     name: str
     formula: Callable[..., np.ndarray]
     reference: str
-    needs: str = "gradients"  # "gradients", "activations" or "channel_scores"
+    needs: Needs = Needs.GRADIENTS
     principal_component: bool = False  # the map is always the first principal component
 
-    def cam(
-        self, activations, gradients=None, channel_scores=None, eigen_smooth: bool = False
-    ) -> np.ndarray:
-        """Raw (unnormalised) maps ``(n, h, w)``."""
-        if self.needs == "channel_scores":
-            weighted = self.formula(activations, channel_scores)
-        elif self.needs == "activations":
+    @property
+    def needs_gradients(self) -> bool:
+        return self.needs is Needs.GRADIENTS
+
+    @property
+    def scores_channels(self) -> bool:
+        return self.needs in (Needs.MASKED_INPUT_SCORES, Needs.ABLATION_SCORES)
+
+    def configure(self, **options) -> Method:
+        """This method with those of ``options`` that are its own set (the others, which belong
+        to other methods, are ignored, so one set of command-line options fits every method)."""
+        own = {f.name for f in dataclasses.fields(self)} - _BASE_FIELDS
+        chosen = {name: value for name, value in options.items() if name in own}
+        return dataclasses.replace(self, **chosen) if chosen else self
+
+    def recorded_options(self) -> dict:
+        """The method's own options that change the maps, as recorded in every record."""
+        return {}
+
+    def cam(self, activations, evidence=None, eigen_smooth: bool = False) -> np.ndarray:
+        """Raw (unnormalised) maps ``(n, h, w)`` from the activations and what :attr:`needs`
+        asked for (None for gradient-free methods)."""
+        if self.needs is Needs.ACTIVATIONS:
             weighted = self.formula(activations)
         else:
-            weighted = self.formula(activations, gradients)
+            weighted = self.formula(activations, evidence)
         return combine(weighted, eigen_smooth or self.principal_component)
+
+
+_BASE_FIELDS = {f.name for f in dataclasses.fields(Method)}
+
+
+@dataclass(frozen=True)
+class ChannelScoringMethod(Method):
+    """A method whose channel weights come from extra model calls, ``chunk_size`` at a time.
+
+    It must say which channel scores it needs (``needs=``): there is no default, so a new
+    method cannot silently be given another method's scores.
+    """
+
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def __post_init__(self):
+        if not self.scores_channels:
+            raise ValueError(
+                f"{self.name}: a channel-scoring method must declare the channel scores it "
+                f"needs ({Needs.MASKED_INPUT_SCORES.value} or {Needs.ABLATION_SCORES.value})"
+            )
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk size must be at least 1, not {self.chunk_size}")
+
+    def channels_to_score(self, activations: np.ndarray) -> np.ndarray:
+        """``(n, m)`` sorted channel indices to score per image: every channel."""
+        n, c = activations.shape[0], activations.shape[-1]
+        return np.broadcast_to(np.arange(c), (n, c))
+
+
+@dataclass(frozen=True)
+class ScoreCAM(ChannelScoringMethod):
+    """Score-CAM, optionally on the ``channels`` highest-variance channels (Faster Score-CAM)."""
+
+    needs: Needs = Needs.MASKED_INPUT_SCORES
+    channels: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.channels is not None and self.channels < 1:
+            raise ValueError(f"scorecam channels must be at least 1, not {self.channels}")
+
+    def channels_to_score(self, activations: np.ndarray) -> np.ndarray:
+        n, c = activations.shape[0], activations.shape[-1]
+        keep = min(c, self.channels or c)
+        variance = activations.reshape(n, -1, c).var(axis=1)
+        return np.sort(np.argsort(-variance, axis=1, kind="stable")[:, :keep], axis=1)
+
+    def recorded_options(self) -> dict:
+        return {"scorecam_channels": self.channels}
 
 
 def _channel_weighted(activations: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -176,25 +266,36 @@ METHODS: dict[str, Method] = {
         Method("xgradcam", xgradcam, "Fu et al. 2020, arXiv:2008.02312"),
         Method("hirescam", hirescam, "Draelos & Carin 2020, arXiv:2011.08891"),
         Method("layercam", layercam, "Jiang et al. 2021, IEEE TIP 30:5875"),
-        Method(
-            "eigencam", eigencam, "Muhammad & Yeasin 2020, arXiv:2008.00299", "activations", True
-        ),
-        Method("scorecam", scorecam, "Wang et al. 2020, arXiv:1910.01279", "channel_scores"),
-        Method("ablationcam", ablationcam, "Desai & Ramaswamy 2020, WACV", "channel_scores"),
+        Method("eigencam", eigencam, "Muhammad & Yeasin 2020, arXiv:2008.00299",
+               Needs.ACTIVATIONS, principal_component=True),
+        ScoreCAM("scorecam", scorecam, "Wang et al. 2020, arXiv:1910.01279"),
+        ChannelScoringMethod("ablationcam", ablationcam, "Desai & Ramaswamy 2020, WACV",
+                             Needs.ABLATION_SCORES),
     )
 }
+
+
 def _key(name: str) -> str:
     return name.strip().lower().replace("_", "").replace("-", "").replace("plusplus", "++")
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str, **options) -> Method:
     """The method called ``name`` (case-insensitive, ``-``/``_`` ignored, ``gradcampp`` or
-    ``gradcam_plus_plus`` for ``gradcam++``); a usage error lists the known ones."""
-    from camcli.errors import UnknownNameError
+    ``gradcam_plus_plus`` for ``gradcam++``), with its own ``options`` set (see
+    :meth:`Method.configure`); a usage error lists the known ones or says what is wrong."""
+    from camcli.errors import UnknownNameError, UsageError
 
     key = _key(name)
     key = {"gradcampp": "gradcam++"}.get(key, key)
     for method in METHODS.values():
         if _key(method.name) == key:
-            return method
+            try:
+                return method.configure(**options)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
     raise UnknownNameError("method", name, sorted(METHODS))
+
+
+def method_names() -> str:
+    """``gradcam, gradcam++, ...``: the table's names, for help texts."""
+    return ", ".join(METHODS)

@@ -44,9 +44,11 @@ from camcli.engine import CamOptions, Engine, Targets
 from camcli.heatmaps import map_stats
 from camcli.methods import (
     METHODS,
+    Needs,
     ablationcam,
     combine,
     first_component,
+    get_method,
     gradcam,
     gradcam_plus_plus,
     hirescam,
@@ -57,7 +59,7 @@ from camcli.methods import (
 
 TOL = 1e-4  # maps are normalised to [0, 1]: an absolute tolerance on that scale
 ALL_METHODS = tuple(METHODS)
-GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
+GRADIENT_METHODS = tuple(name for name, method in METHODS.items() if method.needs_gradients)
 
 # The analytic head: 4 channels, 3 classes; every class has positive and negative weights.
 KERNEL = np.array(
@@ -70,8 +72,10 @@ CLASSES = (0, 1, 2)
 def test_the_eight_methods_of_the_issue_are_registered():
     assert set(METHODS) == {"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam",
                             "eigencam", "scorecam", "ablationcam"}
-    assert METHODS["eigencam"].needs == "activations"  # gradient-free
-    assert METHODS["scorecam"].needs == METHODS["ablationcam"].needs == "channel_scores"
+    assert GRADIENT_METHODS == ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
+    assert METHODS["eigencam"].needs is Needs.ACTIVATIONS  # gradient-free
+    assert METHODS["scorecam"].needs is Needs.MASKED_INPUT_SCORES
+    assert METHODS["ablationcam"].needs is Needs.ABLATION_SCORES
 
 
 # =========================================================================== helpers
@@ -128,10 +132,18 @@ def _positive_activations(n: int, h: int, w: int, seed: int) -> np.ndarray:
     return (rng.uniform(0.05, 1.0, size=(n, h, w, 4)) * scales).astype(np.float32)
 
 
+def _engine(loaded, targets, method, compiled=False, **options):
+    """An engine for ``method``: the method's own options (``chunk_size``, ``channels``) are
+    set on the method, the others are :class:`CamOptions`."""
+    cam_fields = {f.name for f in dataclasses.fields(CamOptions)}
+    cam = {name: options.pop(name) for name in list(options) if name in cam_fields}
+    return Engine(loaded, targets, get_method(method, **options), compiled=compiled,
+                  options=CamOptions(**cam))
+
+
 def _maps(loaded, method, images, targets=None, compiled=False, **options):
     """Run ``method`` (default: every class of the analytic head) and return (output, engine)."""
-    targets = targets or Targets(classes=CLASSES)
-    engine = Engine(loaded, targets, method, compiled=compiled, options=CamOptions(**options))
+    engine = _engine(loaded, targets or Targets(classes=CLASSES), method, compiled, **options)
     return engine.run(images), engine
 
 
@@ -349,7 +361,7 @@ def test_scorecam_weights_are_the_softmax_of_the_masked_input_scores(pooled):
 
 def test_scorecam_channels_keeps_the_highest_variance_channels(pooled):
     loaded, images, kernel = pooled
-    out, _ = _maps(loaded, "scorecam", images, scorecam_channels=2)
+    out, _ = _maps(loaded, "scorecam", images, channels=2)
     raw, used = _scorecam_by_hand(images, kernel, BIAS, pool=2, keep=2)
     assert len({tuple(u) for u in used}) > 1  # the selection really is per image
     np.testing.assert_allclose(out.cams, _normalised(raw.reshape(9, 4, 3)).reshape(raw.shape),
@@ -357,7 +369,7 @@ def test_scorecam_channels_keeps_the_highest_variance_channels(pooled):
     every, _ = _maps(loaded, "scorecam", images)
     assert not np.allclose(out.cams, every.cams, atol=1e-3)
     # Asking for at least as many channels as the layer has is plain Score-CAM.
-    np.testing.assert_allclose(_maps(loaded, "scorecam", images, scorecam_channels=99)[0].cams,
+    np.testing.assert_allclose(_maps(loaded, "scorecam", images, channels=99)[0].cams,
                                every.cams, atol=1e-6)
 
 
@@ -466,7 +478,7 @@ POINTING_IMAGES = 100
 MIN_POINTING = 0.85
 GROUND_TRUTH = {
     **{name: (name, {}) for name in ALL_METHODS},
-    "scorecam --scorecam-channels 16": ("scorecam", {"scorecam_channels": 16}),
+    "scorecam --scorecam-channels 16": ("scorecam", {"channels": 16}),
     "gradcam --aug-smooth": ("gradcam", {"aug_smooth": True}),
     "gradcam --eigen-smooth": ("gradcam", {"eigen_smooth": True}),
 }
@@ -529,7 +541,7 @@ BATCH_CASES = [(m, {}) for m in ALL_METHODS] + [
     ("gradcam", {"eigen_smooth": True}),
     ("gradcam++", {"eigen_smooth": True}),
     ("ablationcam", {"aug_smooth": True}),
-    ("scorecam", {"scorecam_channels": 12}),
+    ("scorecam", {"channels": 12}),
 ]
 
 
@@ -537,7 +549,7 @@ BATCH_CASES = [(m, {}) for m in ALL_METHODS] + [
                          ids=[f"{m}{''.join(f'-{k}' for k in o)}" for m, o in BATCH_CASES])
 def test_maps_do_not_depend_on_the_batch(cnn, method, options):
     loaded, images = cnn
-    engine = Engine(loaded, Targets(top=2), method, options=CamOptions(**options))
+    engine = _engine(loaded, Targets(top=2), method, **options)
     batched = engine.run(images)
     assert not batched.empty.all()
     for i in range(len(images)):
@@ -548,15 +560,14 @@ def test_maps_do_not_depend_on_the_batch(cnn, method, options):
 
 
 @pytest.mark.parametrize(("method", "options"), [
-    ("scorecam", {}), ("scorecam", {"scorecam_channels": 10}), ("ablationcam", {}),
+    ("scorecam", {}), ("scorecam", {"channels": 10}), ("ablationcam", {}),
 ])
 def test_scorecam_and_ablationcam_do_not_depend_on_the_chunk_size(cnn, method, options):
     loaded, images = cnn
     images = images[:3]  # 3 x 64 (image, channel) pairs: chunks of 7 straddle images
     maps = {}
     for chunk in (1, 7, 64):
-        engine = Engine(loaded, Targets(top=2), method,
-                        options=CamOptions(chunk_size=chunk, **options))
+        engine = _engine(loaded, Targets(top=2), method, chunk_size=chunk, **options)
         maps[chunk] = engine.run(images).cams
     assert maps[64].max() > 0
     for chunk in (1, 7):
@@ -624,8 +635,7 @@ def test_aug_smooth_is_the_average_of_the_six_maps_mapped_back(cnn):
 def test_flipping_the_image_flips_the_aug_smoothed_map(cnn, method):
     loaded, images = cnn
     images = images[:2]
-    engine = Engine(loaded, Targets(classes=(1,)), method,
-                    options=CamOptions(aug_smooth=True, scorecam_channels=8))
+    engine = _engine(loaded, Targets(classes=(1,)), method, aug_smooth=True, channels=8)
     maps = engine.run(images).cams
     flipped = engine.run(np.ascontiguousarray(images[:, :, ::-1])).cams
     np.testing.assert_allclose(flipped, maps[..., ::-1], atol=TOL)

@@ -24,8 +24,6 @@ Importing this package does not import TensorFlow; running an audit needs a load
 from __future__ import annotations
 
 from camcli.audit.checks import THRESHOLDS
-from camcli.audit.manifest import Manifest, ManifestError, load_manifest
-from camcli.audit.run import AuditResult, AuditSettings, run_audit
 
 __all__ = [
     "THRESHOLDS",
@@ -36,3 +34,21 @@ __all__ = [
     "load_manifest",
     "run_audit",
 ]
+
+_LAZY = {
+    "Manifest": "manifest",
+    "ManifestError": "manifest",
+    "load_manifest": "manifest",
+    "AuditResult": "run",
+    "AuditSettings": "run",
+    "run_audit": "run",
+}
+
+
+def __getattr__(name: str):
+    # Lazy, so that the CLI can read the threshold table without numpy and Pillow.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"camcli.audit.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'camcli.audit' has no attribute {name!r}")

@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from camcli import __version__, images
+from camcli import images
 from camcli.audit import checks as checks_module
 from camcli.audit import compare, drawing, faithfulness, htmlreport, metrics, reports
 from camcli.audit.manifest import Manifest, ManifestError, ManifestRow, load_manifest
 from camcli.errors import ExitStatus, InputError, UsageError
 from camcli.heatmaps import map_stats, resize
 from camcli.outputs import atomic_write
+from camcli.pipeline import describe_input, provenance, rank_predictions
 from camcli.render import encode
 
 REPORT_FILES = ("audit.json", "junit.xml", "summary.md", "report.html")
@@ -247,7 +248,6 @@ class _Context:
         self.baseline = baseline
         self.out_dir = out_dir
         self.top_k = min(settings.top_k, len(self.loaded.labels))
-        self._engines: dict = {}
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
         return np.stack([self.loaded.probabilities(row) for row in np.asarray(scores)])
@@ -258,17 +258,8 @@ class _Context:
         return self.probabilities(self.explainer.predict(pixels, chunk=chunk))
 
     def class_maps(self, pixels: np.ndarray, classes: tuple[int, ...]):
-        """Maps of ``classes`` for ``pixels`` (one engine per class set, on the loaded model)."""
-        from camcli.api import EAGER_MAX_IMAGES
-        from camcli.engine import Engine, Targets
-
-        compiled = len(pixels) > EAGER_MAX_IMAGES
-        key = (classes, compiled)
-        if key not in self._engines:
-            self._engines[key] = Engine(self.loaded, Targets(classes=classes),
-                                        self.explainer.method, compiled,
-                                        self.explainer.cam_options)
-        return self._engines[key].run(self.explainer.preprocess(pixels))
+        """Maps of ``classes`` for ``pixels``, from the explainer's engine for those classes."""
+        return self.explainer.explain_arrays(pixels, classes=classes)
 
     def audit_batch(self, batch: list[_Item], pool):
         good = [item for item in batch if item.error is None]
@@ -332,7 +323,7 @@ class _Context:
                 m["probability_drop"] = (-comparison["probability_change"] if found else None)
                 for name in ("map_correlation", "map_iou_top20", "map_drift"):
                     m[name] = comparison[name] if found else None
-            record = self._record(item, logits[i], probabilities[i], order, int(explained[i]),
+            record = self._record(item, logits[i], probabilities[i], int(explained[i]),
                                   bool(empty[i]), cams[i], m, comparison,
                                   faith.deletion[i], faith.insertion[i])
             thumbs = self._draw(item, cams[i], record)
@@ -347,7 +338,7 @@ class _Context:
         return compare.compare_image(cam, previous, top1, probabilities,
                                      _sha256(item.decoded.data))
 
-    def _record(self, item, logits, probabilities, order, explained, empty, cam, m,
+    def _record(self, item, logits, probabilities, explained, empty, cam, m,
                 comparison, deletion, insertion) -> dict:
         labels = self.loaded.labels
         decoded = item.decoded
@@ -360,8 +351,7 @@ class _Context:
             "line": item.row.line,
             "note": item.row.note,
             "ok": True,
-            "input": {"path": str(item.row.path), "width": width, "height": height,
-                      "sha256": _sha256(decoded.data)},
+            "input": describe_input(item.row.path, decoded.size, decoded.data),
             "expected": None if item.expected is None else {
                 "spec": str(item.row.expected), **_class(labels, item.expected)},
             "explained": {
@@ -371,10 +361,7 @@ class _Context:
                 "probability": float(probabilities[explained]),
                 "empty": empty,
             },
-            "predictions": [
-                {"rank": r, **_class(labels, int(k)), "probability": float(probabilities[k])}
-                for r, k in enumerate(order[: self.top_k], start=1)
-            ],
+            "predictions": rank_predictions(labels, logits, probabilities, self.top_k),
             "region": {
                 "boxes": [list(b) for b in item.boxes],
                 "mask": None if item.row.mask is None else str(item.row.mask),
@@ -445,10 +432,7 @@ def _failed_record(item: _Item) -> dict:
 
 
 def _audit_record(context: _Context, manifest: Manifest, records: list[dict], created: str):
-    import keras
-    import tensorflow as tf
-
-    explainer, settings, loaded = context.explainer, context.settings, context.loaded
+    explainer, settings = context.explainer, context.settings
     aggregates = reports.aggregate(records)
     mean_checks = [c.to_json() for c in
                    checks_module.evaluate_means(aggregates, settings.mean_thresholds)]
@@ -467,15 +451,10 @@ def _audit_record(context: _Context, manifest: Manifest, records: list[dict], cr
     return {
         "schema": compare.AUDIT_SCHEMA,
         "schema_version": reports.AUDIT_SCHEMA_VERSION,
-        "camcli_version": __version__,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        **provenance(explainer),
         "created": created,
         "manifest": {"path": str(manifest.path), "format": manifest.format,
                      "sha256": manifest.sha256, "rows": len(manifest.rows)},
-        "model": loaded.describe(),
-        "method": explainer.method.name,
-        "method_options": explainer.method_options(),
-        "score": loaded.score,
         "settings": {
             "thresholds": {k: v for k, v in settings.thresholds.items() if v is not None},
             "mean_thresholds": dict(settings.mean_thresholds),

@@ -1,0 +1,133 @@
+"""A local run: the three-stage scheduling around the batch core, in one process.
+
+A thread pool decodes inputs ahead of the model, the model's thread runs
+:meth:`Pipeline.compute` on a whole batch, and a second pool runs :meth:`Pipeline.finish`
+(draw, encode, write) behind it. Every queue is bounded, so memory does not grow with the number
+of inputs, and a bad input becomes a failed result instead of stopping the run.
+
+This module knows how inputs are found and scheduled; what happens to a batch is
+:mod:`camcli.pipeline`'s, so a distributed engine schedules differently and calls the same core.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from camcli import images
+from camcli.errors import InputError
+from camcli.outputs import is_up_to_date
+from camcli.pipeline import EAGER_MAX_IMAGES, ImageResult, Pipeline
+
+_SKIPPED = object()
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where a run's inputs come from and how they are read."""
+
+    paths: tuple[str, ...]
+    recursive: bool = False
+    stdin: Iterable[str] | None = None
+    max_pixels: int | None = images.DEFAULT_MAX_PIXELS
+    skip_existing: bool = False
+
+    def discover(self) -> tuple[Iterable[Path], bool]:
+        """The inputs, and whether the run is large enough to compile the engine for. A list
+        when the paths are all known up front; a stream when one of them is ``-`` (stdin)."""
+        found = images.discover(self.paths, recursive=self.recursive, stdin=self.stdin)
+        if "-" in self.paths:
+            return found, True
+        found = list(found)
+        return found, len(found) > EAGER_MAX_IMAGES
+
+
+def run_local(
+    pipeline: Pipeline,
+    inputs: Inputs,
+    batch_size: int,
+    workers: int | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[ImageResult]:
+    """Explain every input, yielding one result per input (see :meth:`Explainer.run`)."""
+    found, compiled = inputs.discover()
+    workers = workers or max(1, os.cpu_count() or 1)
+    decode = _decoder(pipeline, inputs)
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="camcli-decode") as decoders,
+        ThreadPoolExecutor(workers, thread_name_prefix="camcli-write") as writers,
+    ):
+        pending: deque[Future] = deque()
+        batch: list[images.DecodedImage] = []
+
+        def flush() -> Iterator[ImageResult]:
+            output = pipeline.compute(batch, compiled)
+            for i, item in enumerate(batch):
+                pending.append(writers.submit(pipeline.finish, item, output, i))
+            batch.clear()
+            while pending and (pending[0].done() or len(pending) > 2 * batch_size):
+                with pipeline.stats.time("output_wait"):
+                    result = pending.popleft().result()
+                yield result
+
+        for path, decoded in _prefetch(decoders, decode, found, 2 * batch_size, pipeline.stats):
+            if stop is not None and stop.is_set():
+                decoders.shutdown(wait=False, cancel_futures=True)
+                break
+            if decoded is _SKIPPED:
+                yield ImageResult(path, ok=True, skipped=True)
+            elif isinstance(decoded, InputError):
+                yield ImageResult.failed(decoded.path, decoded.reason, decoded)
+            else:
+                batch.append(decoded)
+                if len(batch) == batch_size:
+                    yield from flush()
+        if batch:
+            yield from flush()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _decoder(pipeline: Pipeline, inputs: Inputs):
+    """The decode stage for one input: skipped, decoded for the model, or an InputError."""
+    loaded = pipeline.explainer.loaded
+    size = tuple(loaded.input_size)
+
+    def decode(path: Path):
+        if inputs.skip_existing and is_up_to_date(
+            pipeline.paths(path), path, pipeline.fingerprint
+        ):
+            return _SKIPPED
+        try:
+            with pipeline.stats.time("decode"):
+                return images.read_for_model(path, size, loaded.channels, inputs.max_pixels)
+        except InputError as exc:
+            return exc
+        except Exception as exc:  # a decoder bug on one odd file must not stop the run
+            error = InputError(path, f"cannot decode image: {exc!r}")
+            error.__cause__ = exc
+            return error
+
+    return decode
+
+
+def _prefetch(pool, fn, items: Iterable, depth: int, stats) -> Iterator:
+    """``(item, fn(item))`` for each item, computed on ``pool`` with ``depth`` calls in flight."""
+    window: deque[tuple[object, Future]] = deque()
+
+    def oldest():
+        item, future = window.popleft()
+        with stats.time("input_wait"):
+            return item, future.result()
+
+    for item in items:
+        window.append((item, pool.submit(fn, item)))
+        if len(window) >= depth:
+            yield oldest()
+    while window:
+        yield oldest()
