@@ -20,6 +20,7 @@ from camcli import images
 from camcli.errors import UsageError
 from camcli.methods import DEFAULT_CHUNK_SIZE
 from camcli.pipeline import EAGER_MAX_IMAGES, ImageResult, OutputOptions, Pipeline, RunStats
+from camcli.sharding import Shard
 
 __all__ = ["EAGER_MAX_IMAGES", "Explainer", "ImageResult", "OutputOptions", "RunStats", "explain"]
 
@@ -159,8 +160,10 @@ class Explainer:
         skip_existing: bool = False,
         stop: threading.Event | None = None,
         stats: RunStats | None = None,
+        shard: Shard | None = None,
     ) -> Iterator[ImageResult]:
-        """Explain every input found in ``paths``, yielding one result per input.
+        """Explain every input found in ``paths`` (those of ``shard`` only, when given: see
+        :mod:`camcli.sharding`), yielding one result per input.
 
         ``skip_existing``: inputs whose outputs are complete, newer than the input and made with
         the same settings are yielded as skipped without being decoded. ``stop``: when set (the
@@ -169,7 +172,7 @@ class Explainer:
         """
         from camcli.runner import Inputs, run_local
 
-        inputs = Inputs(tuple(paths), recursive, stdin, max_pixels, skip_existing)
+        inputs = Inputs(tuple(paths), recursive, stdin, max_pixels, skip_existing, shard)
         return run_local(self.pipeline(options, stats), inputs, self.batch_size, workers, stop)
 
 
@@ -191,6 +194,7 @@ def explain(
     stdin: Iterable[str] | None = None,
     max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
     skip_existing: bool = False,
+    shard: Shard | str | None = None,
     **options,
 ) -> Iterator[ImageResult]:
     """Explain images from files, folders, globs or ``-`` (stdin); yields one result per input.
@@ -198,8 +202,12 @@ def explain(
     The other keyword arguments are those of :class:`Explainer` (``model``, ``weights``,
     ``layer``, ``method``, ``classes``, ...) and of :class:`OutputOptions` (``out_dir``,
     ``colormap``, ``alpha``, ``overlay_format``, ``save_heatmap``, ``max_overlay_side``,
-    ``write``). The model is loaded before this returns, so bad options raise here.
+    ``write``). ``shard``: a :class:`~camcli.sharding.Shard`, ``"K/N"`` or ``"auto"``. The
+    model is loaded before this returns, so bad options raise here.
     """
+    from camcli.sharding import parse
+
+    shard = parse(shard) if isinstance(shard, str) else shard
     output_fields = {f.name for f in dataclasses.fields(OutputOptions)}
     output = OutputOptions(**{k: options.pop(k) for k in list(options) if k in output_fields})
     explainer = Explainer(**options)
@@ -210,4 +218,5 @@ def explain(
         stdin=stdin,
         max_pixels=max_pixels,
         skip_existing=skip_existing,
+        shard=shard,
     )

@@ -89,16 +89,28 @@ PATHS = Annotated[
 )
 def explain(paths: PATHS, **options):
     """Write a Grad-CAM overlay and a JSON record beside each image."""
-    from camcli.api import OutputOptions
+    from camcli import sharding
+    from camcli.api import OutputOptions, RunStats
 
+    try:  # before TensorFlow is imported: a bad --shard is a usage error at once
+        options["shard"] = sharding.parse(options["shard"])
+    except CamcliError as exc:
+        raise _fail(exc, options["debug"]) from None
     session = _Session(options)
     output, explainer = session.load(
         lambda: OutputOptions(**opt.pick(options, opt.RENDER + opt.OUTPUTS)),
         opt.pick(options, opt.MODEL + opt.TARGETS + (opt.TOP_K,)),
     )
+    stats = RunStats()
+    shard = options["shard"]
     results = explainer.run(paths, output, stop=session.stop, max_pixels=options["max_pixels"],
-                            **opt.pick(options, opt.INPUTS))
-    raise typer.Exit(session.show(results, as_json=options["as_json"]))
+                            stats=stats, **opt.pick(options, opt.INPUTS))
+    raise typer.Exit(session.show(results, as_json=options["as_json"],
+                                  inputs=lambda: _shard_summary(shard, stats)))
+
+
+def _shard_summary(shard, stats) -> str:
+    return "" if shard is None else f"shard {shard}: {stats.taken} of {stats.listed} inputs, "
 
 
 class _Session:
@@ -136,9 +148,9 @@ class _Session:
         typer.echo("camcli: interrupted", err=True)
         return typer.Exit(int(ExitStatus.INTERRUPTED))
 
-    def show(self, results, as_json: bool = False) -> int:
+    def show(self, results, as_json: bool = False, inputs=lambda: "") -> int:
         """Consume the results: progress, one stderr line per failure, ``--json`` lines on
-        stdout, the summary. Returns the exit status."""
+        stdout, the summary (``inputs()`` begins it). Returns the exit status."""
         counts = {"done": 0, "skipped": 0, "failed": 0}
         progress = _progress(self.quiet)
         try:
@@ -158,7 +170,7 @@ class _Session:
             progress.close()
             raise _fail(exc, self.debug) from None
         progress.close()
-        _summary(counts, self.started, self.quiet, interrupted=self.stop.is_set())
+        _summary(counts, self.started, self.quiet, self.stop.is_set(), inputs())
         if self.stop.is_set():
             return int(ExitStatus.INTERRUPTED)
         if not any(counts.values()):
@@ -204,7 +216,9 @@ def _progress(quiet: bool):
     )
 
 
-def _summary(counts: dict, started: float, quiet: bool, interrupted: bool = False) -> None:
+def _summary(
+    counts: dict, started: float, quiet: bool, interrupted: bool = False, inputs: str = ""
+) -> None:
     if quiet:
         return
     seconds = time.perf_counter() - started
@@ -212,7 +226,7 @@ def _summary(counts: dict, started: float, quiet: bool, interrupted: bool = Fals
     state = "interrupted: " if interrupted else ""
     skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
     typer.echo(
-        f"camcli: {state}{counts['done']} done{skipped}, {counts['failed']} failed "
+        f"camcli: {state}{inputs}{counts['done']} done{skipped}, {counts['failed']} failed "
         f"in {seconds:.1f}s ({rate:.2f} images/s)",
         err=True,
     )

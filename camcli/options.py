@@ -160,6 +160,9 @@ INPUTS: tuple[Spec, ...] = (
     spec("recursive", bool, False, "--recursive", "-r", help="Descend folders."),
     spec("skip_existing", bool, False,
          help="Skip inputs whose outputs are complete, newer and made the same way."),
+    spec("shard", str | None, None,
+         help="Take only shard K/N of the inputs (K from 1), chosen by a stable digest of "
+         "each path or URL; 'auto': K and N from a Slurm job array or a Kubernetes Indexed Job."),
 )
 
 MAX_PIXELS = spec("max_pixels", int, DEFAULT_MAX_PIXELS,

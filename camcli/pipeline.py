@@ -70,7 +70,8 @@ class ImageResult:
 
 
 class RunStats:
-    """Seconds spent per pipeline stage, summed over threads, to show where a run's time goes.
+    """Seconds spent per pipeline stage, summed over threads, to show where a run's time goes,
+    and how many inputs were listed and taken (all of them, or those of a ``--shard``).
 
     ``decode``, ``render``, ``encode`` and ``write`` run in worker threads; ``compute`` is the
     engine; ``input_wait`` is the model's thread waiting for decoded images and ``output_wait``
@@ -82,6 +83,8 @@ class RunStats:
     def __init__(self):
         self.seconds = dict.fromkeys(self.STAGES, 0.0)
         self.images = 0
+        self.listed = 0
+        self.taken = 0
         self._lock = threading.Lock()
 
     @contextlib.contextmanager

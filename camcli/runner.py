@@ -23,6 +23,7 @@ from camcli import images
 from camcli.errors import InputError
 from camcli.outputs import is_up_to_date
 from camcli.pipeline import EAGER_MAX_IMAGES, ImageResult, Pipeline
+from camcli.sharding import Shard, select
 
 _SKIPPED = object()
 
@@ -36,11 +37,14 @@ class Inputs:
     stdin: Iterable[str] | None = None
     max_pixels: int | None = images.DEFAULT_MAX_PIXELS
     skip_existing: bool = False
+    shard: Shard | None = None
 
-    def discover(self) -> tuple[Iterable[Path], bool]:
-        """The inputs, and whether the run is large enough to compile the engine for. A list
-        when the paths are all known up front; a stream when one of them is ``-`` (stdin)."""
+    def discover(self, stats=None) -> tuple[Iterable[Path], bool]:
+        """The inputs (of this run's shard), and whether the run is large enough to compile the
+        engine for. A list when the paths are all known up front; a stream when one of them is
+        ``-`` (stdin)."""
         found = images.discover(self.paths, recursive=self.recursive, stdin=self.stdin)
+        found = select(self.shard, found, stats)
         if "-" in self.paths:
             return found, True
         found = list(found)
@@ -55,7 +59,7 @@ def run_local(
     stop: threading.Event | None = None,
 ) -> Iterator[ImageResult]:
     """Explain every input, yielding one result per input (see :meth:`Explainer.run`)."""
-    found, compiled = inputs.discover()
+    found, compiled = inputs.discover(pipeline.stats)
     workers = workers or max(1, os.cpu_count() or 1)
     decode = _decoder(pipeline, inputs)
     with (
