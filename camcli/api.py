@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from camcli import images
+from camcli import images, storage
 from camcli.errors import UsageError
 from camcli.methods import DEFAULT_CHUNK_SIZE
 from camcli.pipeline import EAGER_MAX_IMAGES, ImageResult, OutputOptions, Pipeline, RunStats
@@ -161,6 +161,7 @@ class Explainer:
         stop: threading.Event | None = None,
         stats: RunStats | None = None,
         shard: Shard | None = None,
+        storage_options: storage.StorageOptions = storage.NO_OPTIONS,
     ) -> Iterator[ImageResult]:
         """Explain every input found in ``paths`` (those of ``shard`` only, when given: see
         :mod:`camcli.sharding`), yielding one result per input.
@@ -169,10 +170,13 @@ class Explainer:
         the same settings are yielded as skipped without being decoded. ``stop``: when set (the
         CLI sets it on SIGINT/SIGTERM), no new input is started; the images already decoded are
         finished and written, then the run ends. ``stats``: filled with per-stage timings.
+        ``storage_options``: passed to the fsspec backend of every URL input.
         """
         from camcli.runner import Inputs, run_local
 
-        inputs = Inputs(tuple(paths), recursive, stdin, max_pixels, skip_existing, shard)
+        inputs = Inputs(
+            tuple(paths), recursive, stdin, max_pixels, skip_existing, shard, storage_options
+        )
         return run_local(self.pipeline(options, stats), inputs, self.batch_size, workers, stop)
 
 
@@ -195,6 +199,7 @@ def explain(
     max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
     skip_existing: bool = False,
     shard: Shard | str | None = None,
+    storage_options: dict | None = None,
     **options,
 ) -> Iterator[ImageResult]:
     """Explain images from files, folders, globs or ``-`` (stdin); yields one result per input.
@@ -202,14 +207,21 @@ def explain(
     The other keyword arguments are those of :class:`Explainer` (``model``, ``weights``,
     ``layer``, ``method``, ``classes``, ...) and of :class:`OutputOptions` (``out_dir``,
     ``colormap``, ``alpha``, ``overlay_format``, ``save_heatmap``, ``max_overlay_side``,
-    ``write``). ``shard``: a :class:`~camcli.sharding.Shard`, ``"K/N"`` or ``"auto"``. The
+    ``write``). ``shard``: a :class:`~camcli.sharding.Shard`, ``"K/N"`` or ``"auto"``. Paths
+    and ``out_dir`` may be URLs (:mod:`camcli.storage`), their backends given
+    ``storage_options``; a prefix that cannot be listed raises before the model loads. The
     model is loaded before this returns, so bad options raise here.
     """
     from camcli.sharding import parse
 
     shard = parse(shard) if isinstance(shard, str) else shard
+    store = storage.StorageOptions(tuple((storage_options or {}).items()))
     output_fields = {f.name for f in dataclasses.fields(OutputOptions)}
-    output = OutputOptions(**{k: options.pop(k) for k in list(options) if k in output_fields})
+    output = OutputOptions(
+        **{k: options.pop(k) for k in list(options) if k in output_fields}, storage_options=store
+    )
+    paths = list(paths)
+    storage.preflight(paths, output.out_dir, store)
     explainer = Explainer(**options)
     return explainer.run(
         paths,
@@ -219,4 +231,5 @@ def explain(
         max_pixels=max_pixels,
         skip_existing=skip_existing,
         shard=shard,
+        storage_options=store,
     )

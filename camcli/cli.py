@@ -70,26 +70,37 @@ def _quiet_tensorflow(debug: bool, threads: int | None = None) -> None:
 
 def _fail(exc: BaseException, debug: bool) -> typer.Exit:
     if debug:
-        traceback.print_exception(exc)
+        _print_trace(exc)
     message = str(exc) if isinstance(exc, CamcliError) else f"{type(exc).__name__}: {exc}"
-    typer.echo(f"camcli: error: {message}", err=True)
+    typer.echo(f"camcli: error: {_redact(message)}", err=True)
     status = exc.exit_status if isinstance(exc, CamcliError) else ExitStatus.SOME_FAILED
     return typer.Exit(int(status))
 
 
+def _redact(text: str) -> str:
+    """``text`` without storage secrets (option values, URL passwords): see camcli.storage."""
+    from camcli.storage import redact
+
+    return redact(text)
+
+
+def _print_trace(exc: BaseException) -> None:
+    typer.echo(_redact("".join(traceback.format_exception(exc)).rstrip("\n")), err=True)
+
+
 PATHS = Annotated[
-    list[str], typer.Argument(help="Images, folders, glob patterns, or - to read paths from stdin.")
+    list[str], typer.Argument(help="Images, folders, globs, URLs (s3://…/), or - (read stdin).")
 ]
 
 
 @opt.command(
     app,
     opt.MODEL, opt.TARGETS, (opt.TOP_K,), opt.RENDER, opt.OUTPUTS, opt.INPUTS,
-    (opt.MAX_PIXELS, opt.JSON_LINES), opt.RUN,
+    (opt.STORAGE, opt.MAX_PIXELS, opt.JSON_LINES), opt.RUN,
 )
 def explain(paths: PATHS, **options):
-    """Write a Grad-CAM overlay and a JSON record beside each image."""
-    from camcli import sharding
+    """Write a Grad-CAM overlay and a JSON record beside each image (or URL)."""
+    from camcli import sharding, storage
     from camcli.api import OutputOptions, RunStats
 
     try:  # before TensorFlow is imported: a bad --shard is a usage error at once
@@ -97,14 +108,22 @@ def explain(paths: PATHS, **options):
     except CamcliError as exc:
         raise _fail(exc, options["debug"]) from None
     session = _Session(options)
+
+    def output_options():  # also checks the URLs: exit 2 before the model is loaded
+        store = storage.StorageOptions.parse(options.pop("storage_option"))
+        output = OutputOptions(**opt.pick(options, opt.RENDER + opt.OUTPUTS),
+                               storage_options=store)
+        storage.preflight(paths, output.out_dir, store)
+        return output
+
     output, explainer = session.load(
-        lambda: OutputOptions(**opt.pick(options, opt.RENDER + opt.OUTPUTS)),
-        opt.pick(options, opt.MODEL + opt.TARGETS + (opt.TOP_K,)),
+        output_options, opt.pick(options, opt.MODEL + opt.TARGETS + (opt.TOP_K,))
     )
     stats = RunStats()
     shard = options["shard"]
     results = explainer.run(paths, output, stop=session.stop, max_pixels=options["max_pixels"],
-                            stats=stats, **opt.pick(options, opt.INPUTS))
+                            stats=stats, storage_options=output.storage_options,
+                            **opt.pick(options, opt.INPUTS))
     raise typer.Exit(session.show(results, as_json=options["as_json"],
                                   inputs=lambda: _shard_summary(shard, stats)))
 
@@ -182,10 +201,10 @@ class _Session:
             counts["skipped" if result.skipped else "done"] += 1
             return
         counts["failed"] += 1
-        progress.write(f"{result.path}: {result.error}", file=sys.stderr)
+        progress.write(f"{result.path}: {_redact(result.error)}", file=sys.stderr)
         if self.debug and result.exception is not None:
             trace = traceback.format_exception(result.exception)
-            progress.write("".join(trace).rstrip("\n"), file=sys.stderr)
+            progress.write(_redact("".join(trace).rstrip("\n")), file=sys.stderr)
 
 
 RANDOM_WEIGHTS = "--weights none: random weights, the maps mean nothing"

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from camcli import storage
 from camcli.errors import InputError
 from camcli.outputs import is_camcli_output
 
@@ -44,31 +45,51 @@ class DecodedImage:
 
 
 def discover(
-    paths: Iterable[str], recursive: bool = False, stdin: Iterable[str] | None = None
-) -> Iterator[Path]:
+    paths: Iterable[str],
+    recursive: bool = False,
+    stdin: Iterable[str] | None = None,
+    storage_options: storage.StorageOptions = storage.NO_OPTIONS,
+) -> Iterator[Path | storage.Url]:
     """Yield each input once, in the order given.
 
     ``paths`` holds files, folders (their images; all levels with ``recursive``), glob patterns,
-    or ``-`` for one path per line read from ``stdin``. Named paths that do not exist are still
-    yielded so they fail, and are reported, like any other unreadable input. Images camcli wrote
-    itself are skipped, and a file reached twice (two names, a symlink, a loop) is yielded once.
+    URLs (:mod:`camcli.storage`: a prefix is a folder, patterns work), or ``-`` for one path or
+    URL per line read from ``stdin``. Named paths that do not exist are still yielded so they
+    fail, and are reported, like any other unreadable input. Images camcli wrote itself are
+    skipped, and a file reached twice (two names, a symlink, a loop) is yielded once. URLs are
+    listed as a stream; only URLs reached from several arguments take memory to deduplicate.
     """
+    paths = list(paths)
     seen: set[str] = set()
+    dedupe_urls = len(paths) > 1 or "-" in paths  # one listing never yields a key twice
     for argument in paths:
         if argument == "-":
             lines = stdin if stdin is not None else sys.stdin
-            candidates: Iterable[Path] = (
-                Path(line.rstrip("\r\n")) for line in lines if line.strip()
+            candidates: Iterable = (
+                storage.location(line.rstrip("\r\n"), storage_options)
+                for line in lines
+                if line.strip()
+            )
+        elif storage.is_url(argument):
+            found = storage.location(argument, storage_options)
+            candidates = (
+                _expand(str(found), recursive)
+                if isinstance(found, Path)
+                else storage.expand(found, recursive, IMAGE_EXTENSIONS)
             )
         else:
             candidates = _expand(argument, recursive)
         for path in candidates:
             if is_camcli_output(path.name):
                 continue
-            key = os.path.realpath(path)
+            if isinstance(path, storage.Url):
+                key = path.text if dedupe_urls else None
+            else:
+                key = os.path.realpath(path)
             if key in seen:
                 continue
-            seen.add(key)
+            if key is not None:
+                seen.add(key)
             yield path
 
 
@@ -152,7 +173,9 @@ def read_for_model(
     return DecodedImage(path=path, data=data, size=upright, pixels=pixels)
 
 
-def read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path | storage.Url) -> bytes:
+    if isinstance(path, storage.Url):
+        return storage.read_bytes(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:

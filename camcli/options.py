@@ -148,8 +148,8 @@ RENDER: tuple[Spec, ...] = (
 
 #: The files ``explain`` writes beside (or under ``--out-dir``) each input.
 OUTPUTS: tuple[Spec, ...] = (
-    spec("out_dir", Path | None, None, "--out-dir", "-o",
-         help="Write outputs here, mirroring input paths."),
+    spec("out_dir", str | None, None, "--out-dir", "-o",
+         help="Write outputs here (a folder or a URL prefix), mirroring input paths."),
     spec("overlay_format", str, "png", help=f"{', '.join(OVERLAY_FORMATS)}."),
     spec("save_heatmap", bool, False, help="Also write the raw normalised map (.npy)."),
 )
@@ -164,6 +164,11 @@ INPUTS: tuple[Spec, ...] = (
          help="Take only shard K/N of the inputs (K from 1), chosen by a stable digest of "
          "each path or URL; 'auto': K and N from a Slurm job array or a Kubernetes Indexed Job."),
 )
+
+#: Passed to the fsspec backend of every URL (inputs and --out-dir).
+STORAGE = spec("storage_option", list[str] | None, None, "--storage-option",
+               help="KEY=VALUE for the URL backends (s3fs, gcsfs...), e.g. anon=true or "
+               "endpoint_url=http://minio:9000; JSON values allowed; repeatable.")
 
 MAX_PIXELS = spec("max_pixels", int, DEFAULT_MAX_PIXELS,
                   help="Refuse images declaring more pixels (decompression bombs).")

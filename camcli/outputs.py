@@ -23,6 +23,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from camcli import storage
+
 SCHEMA_VERSION = 1
 OUTPUT_TAG = ".cam"
 # An output name is an input's full name (with its extension) + ".cam" [+ ".<index>_<label>"]
@@ -49,18 +51,25 @@ def _slug(label: str) -> str:
 class OutputPaths:
     """The output files of one input."""
 
-    base: Path  # folder / input file name; each output appends its own suffix
+    base: Path | storage.Url  # folder / input file name; each output appends its own suffix
 
     @classmethod
-    def for_input(cls, path: Path, out_dir: Path | None = None) -> OutputPaths:
+    def for_input(cls, path, out_dir=None) -> OutputPaths:
+        """Beside ``path``, or under ``out_dir`` mirroring it: a local path relative to the
+        current folder (or absolute), a URL as ``bucket/key`` (``host/path``). Either may be a
+        :class:`~camcli.storage.Url`."""
         if out_dir is None:
             return cls(path.parent / path.name)
+        if not isinstance(out_dir, storage.Url):
+            out_dir = Path(out_dir)
+        if isinstance(path, storage.Url):
+            return cls(out_dir / path.key())
         absolute = Path(os.path.normpath(os.path.abspath(path)))
         try:
             relative = absolute.relative_to(Path.cwd())
         except ValueError:  # outside the current folder: mirror the absolute path
             relative = absolute.relative_to(absolute.anchor)
-        return cls(Path(out_dir) / relative)
+        return cls(out_dir / relative)
 
     def _with(self, suffix: str) -> Path:
         return self.base.with_name(self.base.name + suffix)
@@ -137,6 +146,8 @@ def is_up_to_date(paths: OutputPaths, input_path: Path, fingerprint: str) -> boo
     The record is written last and names every other output, so a readable record with the
     same settings fingerprint whose files all exist means the earlier run finished this input.
     """
+    if storage.is_url(paths.record) or storage.is_url(input_path):
+        return _object_up_to_date(paths, input_path, fingerprint)
     try:
         record_stat = paths.record.stat()
         if record_stat.st_mtime < Path(input_path).stat().st_mtime:
@@ -152,3 +163,34 @@ def is_up_to_date(paths: OutputPaths, input_path: Path, fingerprint: str) -> boo
             if entry.get(key) and not (folder / entry[key]).is_file():
                 return False
     return True
+
+
+def _object_up_to_date(paths: OutputPaths, input_path, fingerprint: str) -> bool:
+    """:func:`is_up_to_date` when the input or the outputs are on object storage: the record
+    names the input's version (size, ETag or modification time), which must be today's."""
+    try:
+        record = json.loads(_read(paths.record))
+        if not isinstance(record, dict) or record.get("settings_fingerprint") != fingerprint:
+            return False
+        if storage.is_url(input_path):
+            if not storage.same_version(record["input"].get("object"), storage.version(input_path)):
+                return False
+        elif storage.version(paths.record)["modified"] < Path(input_path).stat().st_mtime:
+            return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, storage.InputError):
+        return False
+    folder = paths.record.parent
+    return all(
+        _exists(folder / entry[key])
+        for entry in record.get("explanations", [])
+        for key in ("overlay", "heatmap")
+        if entry.get(key)
+    )
+
+
+def _read(location) -> bytes:
+    return storage.read_bytes(location) if storage.is_url(location) else location.read_bytes()
+
+
+def _exists(location) -> bool:
+    return storage.exists(location) if storage.is_url(location) else location.is_file()

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from camcli import __version__, images, render
+from camcli import __version__, images, render, storage
 from camcli.errors import UsageError
 from camcli.heatmaps import map_stats
 from camcli.outputs import (
     SCHEMA_VERSION,
     OutputPaths,
     atomic_write,
+    is_camcli_output,
     settings_fingerprint,
     sha256,
     to_json_bytes,
@@ -66,7 +67,7 @@ class ImageResult:
 
     @classmethod
     def failed(cls, path, reason: str, exception: BaseException | None = None) -> ImageResult:
-        return cls(Path(path), ok=False, error=reason, exception=exception)
+        return cls(storage.location(path), ok=False, error=reason, exception=exception)
 
 
 class RunStats:
@@ -102,15 +103,17 @@ class RunStats:
 class OutputOptions:
     """How results are drawn and where they are written."""
 
-    out_dir: Path | None = None
+    out_dir: Path | storage.Url | None = None  # a folder, or a URL prefix (text is parsed)
     colormap: str = "jet"
     alpha: float = 0.4
     overlay_format: str = "png"
     save_heatmap: bool = False
     max_overlay_side: int | None = None
     write: bool = True
+    storage_options: storage.StorageOptions = storage.NO_OPTIONS  # for a URL out_dir
 
     def __post_init__(self):
+        object.__setattr__(self, "out_dir", storage.location(self.out_dir, self.storage_options))
         render.colormap(self.colormap)  # fails early on an unknown name
         if self.overlay_format not in render.OVERLAY_FORMATS:
             raise UsageError(
@@ -154,7 +157,10 @@ def provenance(explainer) -> dict:
 def describe_input(path: Path | str, size: tuple[int, int], data: bytes) -> dict:
     """The ``input`` field: where the image came from, its upright size, its bytes' hash."""
     width, height = size
-    return {"path": str(path), "width": width, "height": height, "sha256": sha256(data)}
+    described = {"path": str(path), "width": width, "height": height, "sha256": sha256(data)}
+    if storage.is_url(path):  # the version --skip-existing compares without downloading
+        described["object"] = storage.version(path)
+    return described
 
 
 def rank_predictions(labels, logits: np.ndarray, probabilities: np.ndarray, top_k: int):
@@ -193,10 +199,14 @@ def build_record(
 
 def write_outputs(files: Iterable[tuple[Path, bytes]], record: tuple[Path, bytes], protect: Path):
     """Write each ``(path, bytes)`` atomically, then the record: its presence means every file
-    it names is complete. ``protect`` (the input) is never overwritten. Returns the paths."""
+    it names is complete. ``protect`` (the input) is never overwritten. Returns the paths.
+    A URL is put whole, in one call (:func:`camcli.storage.put`)."""
     written = []
     for path, data in [*files, record]:
-        atomic_write(path, data, protect=protect)
+        if storage.is_url(path):
+            storage.put(path, data, protect, replaceable=is_camcli_output(path.name))
+        else:
+            atomic_write(path, data, protect=None if storage.is_url(protect) else protect)
         written.append(path)
     return tuple(written)
 

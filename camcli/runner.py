@@ -11,6 +11,7 @@ This module knows how inputs are found and scheduled; what happens to a batch is
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import deque
@@ -19,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from camcli import images
+from camcli import images, storage
 from camcli.errors import InputError
 from camcli.outputs import is_up_to_date
 from camcli.pipeline import EAGER_MAX_IMAGES, ImageResult, Pipeline
@@ -38,17 +39,26 @@ class Inputs:
     max_pixels: int | None = images.DEFAULT_MAX_PIXELS
     skip_existing: bool = False
     shard: Shard | None = None
+    storage_options: storage.StorageOptions = storage.NO_OPTIONS
 
-    def discover(self, stats=None) -> tuple[Iterable[Path], bool]:
-        """The inputs (of this run's shard), and whether the run is large enough to compile the
-        engine for. A list when the paths are all known up front; a stream when one of them is
-        ``-`` (stdin)."""
-        found = images.discover(self.paths, recursive=self.recursive, stdin=self.stdin)
+    def discover(self, stats=None) -> tuple[Iterable[Path], bool, bool]:
+        """The inputs (of this run's shard), whether the run is large enough to compile the
+        engine for, and whether they are URLs (fetched by :data:`~camcli.storage.IO_WORKERS`
+        threads: network latency). A list when the paths are all local files and folders; a
+        stream when one of them is ``-`` (stdin) or a URL (a prefix may hold millions of keys:
+        never listed whole)."""
+        found = images.discover(
+            self.paths, self.recursive, self.stdin, storage_options=self.storage_options
+        )
         found = select(self.shard, found, stats)
-        if "-" in self.paths:
-            return found, True
-        found = list(found)
-        return found, len(found) > EAGER_MAX_IMAGES
+        if "-" not in self.paths and not any(storage.is_url(p) for p in self.paths):
+            found = list(found)
+            return found, len(found) > EAGER_MAX_IMAGES, False
+        # a peek: stdin may be a slow producer, so only its first line is waited for
+        first = list(itertools.islice(found, 1 if "-" in self.paths else EAGER_MAX_IMAGES + 1))
+        remote = any(storage.is_url(path) for path in first)
+        compiled = "-" in self.paths or len(first) > EAGER_MAX_IMAGES
+        return itertools.chain(first, found), compiled, remote
 
 
 def run_local(
@@ -59,12 +69,18 @@ def run_local(
     stop: threading.Event | None = None,
 ) -> Iterator[ImageResult]:
     """Explain every input, yielding one result per input (see :meth:`Explainer.run`)."""
-    found, compiled = inputs.discover(pipeline.stats)
+    found, compiled, remote = inputs.discover(pipeline.stats)
     workers = workers or max(1, os.cpu_count() or 1)
+    remote_out = storage.is_url(pipeline.options.out_dir)
+    readers = max(workers, storage.IO_WORKERS) if remote else workers
+    putters = max(workers, storage.IO_WORKERS) if remote or remote_out else workers
+    # decoded images waiting for the model, and images being drawn and written
+    depth = max(2 * batch_size, 2 * readers) if remote else 2 * batch_size
+    window = max(2 * batch_size, putters) if remote or remote_out else 2 * batch_size
     decode = _decoder(pipeline, inputs)
     with (
-        ThreadPoolExecutor(workers, thread_name_prefix="camcli-decode") as decoders,
-        ThreadPoolExecutor(workers, thread_name_prefix="camcli-write") as writers,
+        ThreadPoolExecutor(readers, thread_name_prefix="camcli-decode") as decoders,
+        ThreadPoolExecutor(putters, thread_name_prefix="camcli-write") as writers,
     ):
         pending: deque[Future] = deque()
         batch: list[images.DecodedImage] = []
@@ -74,12 +90,12 @@ def run_local(
             for i, item in enumerate(batch):
                 pending.append(writers.submit(pipeline.finish, item, output, i))
             batch.clear()
-            while pending and (pending[0].done() or len(pending) > 2 * batch_size):
+            while pending and (pending[0].done() or len(pending) > window):
                 with pipeline.stats.time("output_wait"):
                     result = pending.popleft().result()
                 yield result
 
-        for path, decoded in _prefetch(decoders, decode, found, 2 * batch_size, pipeline.stats):
+        for path, decoded in _prefetch(decoders, decode, found, depth, pipeline.stats):
             if stop is not None and stop.is_set():
                 decoders.shutdown(wait=False, cancel_futures=True)
                 break

@@ -1,0 +1,428 @@
+"""Inputs and outputs that are URLs: object stores and web servers, through fsspec.
+
+A URL (``s3://bucket/prefix/``, ``gs://…``, ``memory://…``, ``http(s)://host/img.jpg``) becomes
+a :class:`Url`, which behaves like the few bits of :class:`pathlib.Path` the rest of camcli uses
+(``name``, ``parent``, ``/``, ``with_name``), so output naming works the same for both. Plain
+paths and ``file://`` URLs stay :class:`~pathlib.Path` and take the local code path unchanged.
+
+This module owns, for URLs: listing (streamed, page by page: a prefix of a million keys is never
+held in memory), reading an object's bytes, putting an object whole (one call with the complete
+bytes: a reader never sees a partial object), and the object's version (size, ETag, modification
+time) that ``--skip-existing`` compares. Backends come as extras; credentials and endpoints are
+the backend's own (environment, config files), plus ``--storage-option KEY=VALUE``.
+
+Secrets never reach the screen: :func:`redact` masks storage option values, URL passwords and
+query strings, and the usual credential variables in any text camcli prints.
+
+fsspec is imported only when a URL is used. Knows nothing of images or models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from camcli.errors import InputError, UsageError
+
+#: Threads fetching inputs (and putting outputs) when they are URLs: each request waits tens of
+#: milliseconds on the network, so many run at once; local disks keep the CPU-bound pool.
+IO_WORKERS = 32
+#: Objects listed per step of a streamed listing (one S3 page is 1,000 keys).
+LIST_CHUNK = 1000
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+#: protocol → the extra that installs its backend.
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN")
+_secrets: set[str] = set()
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def _remember_secret(value) -> None:
+    text = value if isinstance(value, str) else json.dumps(value)
+    if len(text) >= 4 and text.lower() not in ("true", "false", "null", "none"):
+        _secrets.add(text)
+
+
+def redact(text: str) -> str:
+    """``text`` with every storage option value, URL password, URL query string and
+    credential variable replaced by ``***``."""
+    text = str(text)
+    for name in _SECRET_ENV:
+        if os.environ.get(name):
+            text = text.replace(os.environ[name], "***")
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = re.sub(r"(://[^/\s:@]*):[^@/\s]*@", r"\1:***@", text)
+    return re.sub(r"(https?://[^\s?#]*)\?[^\s#]*", r"\1?***", text)
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """``--storage-option KEY=VALUE`` pairs, passed to every URL backend of a run. Values are
+    JSON when they parse (``anon=true``, ``client_kwargs={"region_name": "eu-west-1"}``),
+    text otherwise. The repr never shows a value."""
+
+    items: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def parse(cls, texts) -> StorageOptions:
+        items = []
+        for text in texts or ():
+            key, sep, raw = str(text).partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"--storage-option wants KEY=VALUE, not {key.strip()!r}=…")
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = raw
+            _remember_secret(value)
+            items.append((key.strip(), value))
+        return cls(tuple(items))
+
+    def as_dict(self) -> dict:
+        return dict(self.items)
+
+    def __repr__(self) -> str:
+        return f"StorageOptions({', '.join(f'{k}=***' for k, _ in self.items)})"
+
+
+NO_OPTIONS = StorageOptions()
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def is_url(location) -> bool:
+    """True for a :class:`Url`, or text naming one (``file://`` too)."""
+    return isinstance(location, Url) or (
+        isinstance(location, str) and _URL.match(location) is not None
+    )
+
+
+def location(text, options: StorageOptions = NO_OPTIONS):
+    """``text`` as a :class:`Url`, or a :class:`~pathlib.Path` for plain and ``file://``
+    paths; ``None`` stays ``None``."""
+    if text is None or isinstance(text, (Path, Url)):
+        return text
+    text = str(text)
+    if not is_url(text):
+        return Path(text)
+    protocol = _URL.match(text).group(1).lower()
+    if protocol in ("file", "local"):
+        return Path(urlsplit(text).path or "/")
+    split = urlsplit(text)
+    if split.password:
+        _remember_secret(split.password)
+    return Url(text, protocol, options)
+
+
+@dataclass(frozen=True)
+class Url:
+    """An object or prefix on a remote store; ``str()`` is safe to print (redacted)."""
+
+    text: str  # the URL as given (may hold credentials: never print it, print str(url))
+    protocol: str
+    options: StorageOptions = field(default=NO_OPTIONS, compare=False, repr=False)
+    info: dict | None = field(default=None, compare=False, repr=False)  # from the listing
+
+    def __str__(self) -> str:
+        return redact(self.text)
+
+    def __repr__(self) -> str:
+        return f"Url({str(self)!r})"
+
+    def _derived(self, text: str) -> Url:
+        return Url(text, self.protocol, self.options)
+
+    @property
+    def _root(self) -> str:  # scheme://netloc
+        split = urlsplit(self.text)
+        return f"{split.scheme}://{split.netloc}"
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(urlsplit(self.text).path).name
+
+    @property
+    def parent(self) -> Url:
+        path = urlsplit(self.text).path.rstrip("/")
+        return self._derived(self._root + path.rpartition("/")[0])
+
+    def __truediv__(self, other) -> Url:
+        tail = str(PurePosixPath(str(other))).lstrip("/")
+        return self._derived(self.text.rstrip("/") + "/" + tail)
+
+    def with_name(self, name: str) -> Url:
+        return self.parent / name
+
+    def key(self) -> str:
+        """``bucket/key`` (or ``host/path``): mirrored under a URL or folder ``--out-dir``."""
+        split = urlsplit(self.text)
+        return (split.hostname or "") + split.path
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.text.endswith("/") or not urlsplit(self.text).path.strip("/")
+
+    def with_info(self, info: dict) -> Url:
+        return Url(self.text, self.protocol, self.options, info)
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def filesystem(url: Url):
+    """The fsspec filesystem for ``url`` (cached by fsspec), or a UsageError naming the extra
+    to install. S3's endpoint comes from ``AWS_ENDPOINT_URL`` (botocore reads it) or
+    ``--storage-option endpoint_url=…``."""
+    import fsspec
+
+    try:
+        return fsspec.filesystem(url.protocol, **url.options.as_dict())
+    except ImportError as exc:
+        extra = EXTRAS.get(url.protocol)
+        hint = f"pip install 'camcli[{extra}]'" if extra else redact(str(exc))
+        raise UsageError(f"{url}: no backend for {url.protocol}:// installed: {hint}") from None
+    except ValueError as exc:
+        if "protocol" in str(exc).lower():
+            raise UsageError(f"{url}: unknown URL scheme {url.protocol}://") from None
+        raise UsageError(f"{url}: bad storage options: {redact(str(exc))}") from None
+    except TypeError as exc:
+        raise UsageError(f"{url}: bad storage options: {redact(str(exc))}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why a request failed, with no secret in it."""
+    if isinstance(exc, FileNotFoundError):
+        return "not found (no such bucket, key or page)"
+    if isinstance(exc, PermissionError):
+        return "access denied"
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)
+    text = str(exc).strip().splitlines()
+    detail = text[0] if text else ""
+    if isinstance(status, int):
+        return redact(f"HTTP {status} {detail}".strip())
+    return redact(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def expand(url: Url, recursive: bool, suffixes: frozenset[str]) -> Iterator[Url]:
+    """The objects ``url`` names: itself, those under a prefix whose name ends in one of
+    ``suffixes`` (all levels with ``recursive``; a prefix behaves like a folder) or the matches
+    of a glob pattern, streamed in key order. Raises UsageError when a prefix cannot be listed."""
+    from fsspec.utils import glob_translate
+
+    if url.protocol in ("http", "https"):
+        yield url
+        return
+    fs = filesystem(url)
+    if _has_magic(url.text):
+        root, pattern = _split_glob(url)
+        matcher = re.compile(glob_translate(fs._strip_protocol(url.text)))
+        deep = "**" in pattern or "/" in pattern
+        for item in _iter_files(fs, root, deep):
+            if matcher.match(fs._strip_protocol(item.text)):
+                yield item
+    elif url.is_prefix or _is_dir(fs, url):
+        for item in _iter_files(fs, url, recursive):
+            if PurePosixPath(item.name).suffix.lower() in suffixes:
+                yield item
+    else:
+        yield url
+
+
+def check_listable(url: Url) -> None:
+    """Fail with a UsageError (exit 2) now when ``url`` is a prefix or pattern that cannot be
+    listed (missing bucket, access denied, no network): before any model is loaded."""
+    if url.protocol in ("http", "https"):
+        filesystem(url)
+        return
+    root = _split_glob(url)[0] if _has_magic(url.text) else url
+    fs = filesystem(root)
+    if root.is_prefix or _is_dir(fs, root):
+        next(_iter_chunks(fs, root, False), None)
+
+
+def preflight(paths, out_dir, options: StorageOptions = NO_OPTIONS) -> None:
+    """Check a run's URLs before any model is loaded (each failure a UsageError, exit 2): their
+    backends are installed, every prefix or pattern can be listed, and outputs have somewhere
+    to go (a web server is read-only)."""
+    out_dir = location(out_dir, options)
+    if isinstance(out_dir, Url):
+        if out_dir.protocol in ("http", "https"):
+            raise UsageError(f"--out-dir {out_dir}: web servers are read-only")
+        filesystem(out_dir)
+    for text in paths:
+        url = location(text, options) if is_url(text) else None
+        if not isinstance(url, Url):
+            continue
+        if url.protocol in ("http", "https") and out_dir is None:
+            raise UsageError(f"{url}: outputs cannot go beside a web page's image: give --out-dir")
+        check_listable(url)
+
+
+def _has_magic(text: str) -> bool:
+    return re.search(r"[*?\[]", urlsplit(text).path) is not None
+
+
+def _split_glob(url: Url) -> tuple[Url, str]:
+    """``(prefix before the first wildcard's folder, the rest)`` of a glob URL."""
+    root, path = url._root, urlsplit(url.text).path
+    parts = path.split("/")
+    first = next(i for i, part in enumerate(parts) if _has_magic("x://h/" + part))
+    return url._derived(root + "/".join(parts[:first]) + "/"), "/".join(parts[first:])
+
+
+def _is_dir(fs, url: Url) -> bool:
+    try:
+        return bool(fs.isdir(url.text))
+    except Exception as exc:  # isdir raising (access denied) is a listing failure
+        raise UsageError(f"{url}: cannot list: {_reason(exc)}") from None
+
+
+def _iter_files(fs, prefix: Url, recursive: bool) -> Iterator[Url]:
+    for chunk in _iter_chunks(fs, prefix, recursive):
+        yield from chunk
+
+
+def _iter_chunks(fs, prefix: Url, recursive: bool) -> Iterator[list[Url]]:
+    """Lists of at most :data:`LIST_CHUNK` objects under ``prefix``, in key order."""
+    try:
+        if hasattr(fs, "_iterdir") and hasattr(fs, "split_path"):  # s3fs: pages of 1,000 keys
+            yield from _paged(fs, prefix, recursive)
+        else:  # any other backend: one folder level at a time
+            yield from _walk(fs, prefix, recursive)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{prefix}: cannot list: {_reason(exc)}") from None
+
+
+def _paged(fs, prefix: Url, recursive: bool) -> Iterator[list[Url]]:
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(prefix.text)
+    key = key.rstrip("/") + "/" if key else ""
+    pages = fs._iterdir(bucket, delimiter="" if recursive else "/", prefix=key)
+    done = False
+    while not done:
+        infos, done = sync(fs.loop, _take, pages, LIST_CHUNK)
+        yield [
+            prefix._derived(f"{prefix._root.split('://')[0]}://{info['name']}").with_info(info)
+            for info in infos
+            if info.get("type") == "file" and not info["name"].endswith("/")
+        ]
+
+
+async def _take(pages, count: int) -> tuple[list, bool]:
+    items = []
+    try:
+        while len(items) < count:
+            items.append(await pages.__anext__())
+    except StopAsyncIteration:
+        return items, True
+    return items, False
+
+
+def _walk(fs, prefix: Url, recursive: bool) -> Iterator[list[Url]]:
+    entries = sorted(fs.ls(prefix.text.rstrip("/") or prefix.text, detail=True),
+                     key=lambda info: info["name"])
+    files, folders = [], []
+    for info in entries:
+        child = prefix / PurePosixPath(info["name"]).name
+        (folders if info.get("type") == "directory" else files).append(child.with_info(info))
+    yield files
+    if recursive:
+        for folder in folders:
+            yield from _walk(fs, folder, recursive)
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def read_bytes(url: Url) -> bytes:
+    """The object's bytes (after the backend's own retries), or an InputError saying why."""
+    try:
+        data = filesystem(url).cat_file(url.text)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise InputError(url, f"cannot read: {_reason(exc)}") from exc
+    if not data:
+        raise InputError(url, "empty object (0 bytes)")
+    return data
+
+
+def exists(url: Url) -> bool:
+    try:
+        return bool(filesystem(url).exists(url.text))
+    except Exception:
+        return False
+
+
+def version(url: Url) -> dict:
+    """What identifies this version of an object: ``size``, ``etag`` and ``modified`` (epoch
+    seconds), each when the backend knows it. From the listing when the URL came from one."""
+    info = url.info
+    if info is None:
+        try:
+            info = filesystem(url).info(url.text)
+        except Exception:  # unknown version: --skip-existing will recompute this input
+            info = {}
+    modified = (
+        info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("created")
+    )
+    if hasattr(modified, "timestamp"):
+        modified = modified.timestamp()
+    elif isinstance(modified, str):
+        from datetime import datetime
+
+        modified = datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp()
+    etag = info.get("ETag") or info.get("etag")
+    return {
+        "size": info.get("size"),
+        "etag": etag.strip('"') if isinstance(etag, str) else None,
+        "modified": modified,
+    }
+
+
+def same_version(recorded: dict | None, current: dict) -> bool:
+    """True when ``current`` is the object version ``recorded`` describes: same size and same
+    ETag (or, when there is no ETag, the same modification time)."""
+    if not isinstance(recorded, dict) or recorded.get("size") != current.get("size"):
+        return False
+    if recorded.get("etag") and current.get("etag"):
+        return recorded["etag"] == current["etag"]
+    if recorded.get("modified") is not None and current.get("modified") is not None:
+        return recorded["modified"] == current["modified"]
+    return False
+
+
+def put(url: Url, data: bytes, protect=None, replaceable: bool = True) -> None:
+    """Write ``data`` to ``url`` in one call with the complete bytes: the object appears
+    whole or not at all. Never overwrites ``protect`` (the input), nor, unless
+    ``replaceable``, an existing object (its name is not one of camcli's: it may be an input)."""
+    if url == protect or (isinstance(protect, Url) and url.text == protect.text):
+        raise OSError(f"refusing to overwrite the input {protect}")
+    if url.protocol in ("http", "https"):
+        raise OSError(f"cannot write to {url}: web servers are read-only; give --out-dir")
+    if not replaceable and exists(url):
+        raise OSError(f"refusing to overwrite {url}: not a camcli output name, may be an input")
+    fs = filesystem(url)
+    try:
+        fs.pipe_file(url.text, data)
+    except Exception as exc:
+        raise OSError(f"cannot write {url}: {_reason(exc)}") from exc
