@@ -32,8 +32,8 @@ from camcli.errors import InputError, UsageError
 #: Threads fetching inputs (and putting outputs) when they are URLs: each request waits tens of
 #: milliseconds on the network, so many run at once; local disks keep the CPU-bound pool.
 IO_WORKERS = 32
-#: Objects listed per step of a streamed listing (one S3 page is 1,000 keys).
-LIST_CHUNK = 1000
+#: Keys per S3 listing page (S3's maximum): a listing holds one page at a time.
+S3_PAGE_KEYS = 1000
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: protocol → the extra that installs its backend.
@@ -299,10 +299,10 @@ def _iter_files(fs, prefix: Url, recursive: bool) -> Iterator[Url]:
 
 
 def _iter_chunks(fs, prefix: Url, recursive: bool) -> Iterator[list[Url]]:
-    """Lists of at most :data:`LIST_CHUNK` objects under ``prefix``, in key order."""
+    """Lists of objects under ``prefix``, in key order, one listing page at a time."""
     try:
-        if hasattr(fs, "_iterdir") and hasattr(fs, "split_path"):  # s3fs: pages of 1,000 keys
-            yield from _paged(fs, prefix, recursive)
+        if hasattr(fs, "_call_s3"):  # s3fs: ListObjectsV2 pages, fetched as they are consumed
+            yield from _s3_pages(fs, prefix, recursive)
         else:  # any other backend: one folder level at a time
             yield from _walk(fs, prefix, recursive)
     except UsageError:
@@ -311,30 +311,29 @@ def _iter_chunks(fs, prefix: Url, recursive: bool) -> Iterator[list[Url]]:
         raise UsageError(f"{prefix}: cannot list: {_reason(exc)}") from None
 
 
-def _paged(fs, prefix: Url, recursive: bool) -> Iterator[list[Url]]:
+def _s3_pages(fs, prefix: Url, recursive: bool) -> Iterator[list[Url]]:
+    """s3fs's own listings (``find``, ``ls``) hold every key before returning; this asks for
+    one page of :data:`S3_PAGE_KEYS` keys at a time, through s3fs's retrying request call."""
     from fsspec.asyn import sync
 
     bucket, key, _ = fs.split_path(prefix.text)
-    key = key.rstrip("/") + "/" if key else ""
-    pages = fs._iterdir(bucket, delimiter="" if recursive else "/", prefix=key)
-    done = False
-    while not done:
-        infos, done = sync(fs.loop, _take, pages, LIST_CHUNK)
+    request = {"Bucket": bucket, "Prefix": key.rstrip("/") + "/" if key else "",
+               "MaxKeys": S3_PAGE_KEYS}
+    if not recursive:
+        request["Delimiter"] = "/"
+    scheme = urlsplit(prefix.text).scheme
+    while True:
+        page = sync(fs.loop, fs._call_s3, "list_objects_v2", **request)
         yield [
-            prefix._derived(f"{prefix._root.split('://')[0]}://{info['name']}").with_info(info)
-            for info in infos
-            if info.get("type") == "file" and not info["name"].endswith("/")
+            prefix._derived(f"{scheme}://{bucket}/{item['Key']}").with_info(
+                {**item, "size": item["Size"]}
+            )
+            for item in page.get("Contents", [])
+            if not item["Key"].endswith("/")
         ]
-
-
-async def _take(pages, count: int) -> tuple[list, bool]:
-    items = []
-    try:
-        while len(items) < count:
-            items.append(await pages.__anext__())
-    except StopAsyncIteration:
-        return items, True
-    return items, False
+        if not page.get("IsTruncated"):
+            return
+        request["ContinuationToken"] = page["NextContinuationToken"]
 
 
 def _walk(fs, prefix: Url, recursive: bool) -> Iterator[list[Url]]:

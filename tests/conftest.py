@@ -71,3 +71,64 @@ def shapes_cnn():
     return SimpleNamespace(
         model=model, held_out=held_out, size=size, classes=classes, layer="features"
     )
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on 127.0.0.1 and a free port, for the whole session.
+
+    Requests are authenticated: the fixture creates a user whose policy allows everything on S3
+    except reading keys under ``secret/`` of any bucket (for access-denied tests), then turns
+    authentication on; ``env`` is what a client needs (``AWS_ENDPOINT_URL``, the user's keys).
+    ``client()`` is a boto3 S3 client with those keys. Stopped at session end.
+    """
+    import json
+    import logging
+    import socket
+    from types import SimpleNamespace
+
+    import boto3
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boot = {"endpoint_url": endpoint, "region_name": "us-east-1",
+            "aws_access_key_id": "boot", "aws_secret_access_key": "boot"}
+    iam = boto3.client("iam", **boot)
+    iam.create_user(UserName="camcli")
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+        {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*/secret/*"},
+    ]}
+    iam.put_user_policy(UserName="camcli", PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="camcli")["AccessKey"]
+    previous = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from now on every request is checked
+    ActionAuthenticatorMixin.request_count = 0
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+
+    def client():
+        return boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    try:
+        yield SimpleNamespace(endpoint=endpoint, env=env, client=client)
+    finally:
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = previous
+        server.stop()

@@ -1,0 +1,288 @@
+"""Inputs and outputs as URLs (camcli.storage): memory:// units, a real S3 server, HTTP.
+
+The S3 server is moto's, on loopback, started once per session (conftest ``s3_server``) with
+authentication on, reached through s3fs exactly as a user's run reaches AWS or MinIO: the CLI
+gets only ``AWS_ENDPOINT_URL`` and keys in its environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import json
+import subprocess
+import threading
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, offline_env
+from PIL import Image
+
+from camcli import storage
+from camcli.errors import InputError, UsageError
+from camcli.outputs import OutputPaths
+
+
+def _jpeg(seed: int, size=(72, 56)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _camcli(*args: str, cwd: Path, stdin: str | None = None, **env: str):
+    return subprocess.run(
+        [str(CAMCLI), "explain", *SMALL_MODEL, *args], cwd=cwd, env=offline_env(cwd, **env),
+        input=stdin, capture_output=True, text=True, timeout=300,
+    )
+
+
+def _camcli_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip() and line != WARNING]
+
+
+# --------------------------------------------------------------------------- units: memory://
+
+
+@pytest.fixture
+def memory():
+    fs = fsspec.filesystem("memory")
+    fs.store.clear()
+    fs.pseudo_dirs.clear()
+    fs.pseudo_dirs.append("")
+    return fs
+
+
+def test_output_names_mirror_the_key_and_never_leave_the_url():
+    url = storage.location("s3://photos/2024/cat.jpg")
+    beside = OutputPaths.for_input(url)
+    assert str(beside.record) == "s3://photos/2024/cat.jpg.cam.json"
+    assert str(beside.overlay(281, "tabby cat", True)) == "s3://photos/2024/cat.jpg.cam.281_tabby_cat.png"
+    out = storage.location("gs://results/cams/")
+    assert str(OutputPaths.for_input(url, out).record) == "gs://results/cams/photos/2024/cat.jpg.cam.json"
+    assert OutputPaths.for_input(url, Path("local")).record == Path(
+        "local/photos/2024/cat.jpg.cam.json"
+    )
+    local = OutputPaths.for_input(Path("imgs/dog.png"), out).record
+    assert str(local) == "gs://results/cams/imgs/dog.png.cam.json"
+    assert storage.location("file:///tmp/x/a.jpg") == Path("/tmp/x/a.jpg")  # the local path
+
+
+def test_secrets_are_redacted_from_urls_options_and_their_repr():
+    options = storage.StorageOptions.parse(["secret=s3cr3t-VALUE", "anon=true", "n=3"])
+    assert options.as_dict() == {"secret": "s3cr3t-VALUE", "anon": True, "n": 3}
+    assert "s3cr3t" not in repr(options)
+    url = storage.location("https://bob:hunter22@example.org/a.jpg?X-Amz-Signature=abc123")
+    assert str(url) == "https://bob:***@example.org/a.jpg?***"
+    assert url.name == "a.jpg"
+    text = storage.redact(f"failed at {url.text} with key s3cr3t-VALUE")
+    assert "hunter22" not in text and "abc123" not in text and "s3cr3t" not in text
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        storage.StorageOptions.parse(["novalue"])
+
+
+def test_a_prefix_is_a_folder_and_globs_stream_matches(memory):
+    for key in ("in/a.jpg", "in/b.png", "in/notes.txt", "in/sub/c.jpg", "in/sub/deep/d.jpg"):
+        memory.pipe_file(f"memory://{key}", b"x")
+    memory.pipe_file("memory://in/a.jpg.cam.json", b"{}")  # camcli's own output: never an input
+    from camcli.images import discover
+
+    names = [str(u) for u in discover(["memory://in/"])]
+    assert names == ["memory://in/a.jpg", "memory://in/b.png"]
+    deep = [str(u) for u in discover(["memory://in"], recursive=True)]
+    assert deep == ["memory://in/a.jpg", "memory://in/b.png", "memory://in/sub/c.jpg",
+                    "memory://in/sub/deep/d.jpg"]
+    globbed = [str(u) for u in discover(["memory://in/**/*.jpg"])]
+    assert globbed == ["memory://in/a.jpg", "memory://in/sub/c.jpg", "memory://in/sub/deep/d.jpg"]
+    stdin = [str(u) for u in discover(["-"], stdin=["memory://in/b.png\n", "memory://in/b.png\n"])]
+    assert stdin == ["memory://in/b.png"]
+
+
+def test_puts_are_whole_and_never_overwrite_the_input(memory):
+    source = storage.location("memory://in/scan")
+    memory.pipe_file(source.text, b"input bytes")
+    with pytest.raises(OSError, match="refusing to overwrite the input"):
+        storage.put(source, b"x", protect=source)
+    with pytest.raises(OSError, match="not a camcli output name"):
+        storage.put(storage.location("memory://in/scan"), b"x", replaceable=False)
+    target = storage.location("memory://out/scan.cam.png")
+    storage.put(target, b"overlay", protect=source)
+    assert memory.cat_file("memory://out/scan.cam.png") == b"overlay"
+    assert storage.read_bytes(source) == b"input bytes"
+    with pytest.raises(InputError, match="memory://in/missing.jpg: cannot read: not found"):
+        storage.read_bytes(storage.location("memory://in/missing.jpg"))
+
+
+def test_preflight_names_the_missing_extra_and_refuses_writing_to_the_web():
+    with pytest.raises(UsageError, match=r"pip install 'camcli\[gcs\]'"):
+        storage.preflight(["gs://bucket/prefix/"], None)
+    with pytest.raises(UsageError, match="give --out-dir"):
+        storage.preflight(["https://example.org/a.jpg"], None)
+    with pytest.raises(UsageError, match="read-only"):
+        storage.preflight(["a.jpg"], "https://example.org/out/")
+    with pytest.raises(UsageError, match="unknown URL scheme"):
+        storage.preflight(["nosuchscheme://x/y/"], None)
+
+
+def test_versions_compare_by_etag_then_modification_time():
+    assert storage.same_version({"size": 3, "etag": "a"}, {"size": 3, "etag": "a"})
+    assert not storage.same_version({"size": 3, "etag": "a"}, {"size": 3, "etag": "b"})
+    assert not storage.same_version({"size": 3, "etag": "a"}, {"size": 4, "etag": "a"})
+    assert storage.same_version({"size": 3, "modified": 1.5}, {"size": 3, "modified": 1.5})
+    assert not storage.same_version({"size": 3, "modified": 1.5}, {"size": 3, "modified": 2.0})
+    assert not storage.same_version({"size": 3}, {"size": 3})  # nothing to tell them apart
+
+
+# --------------------------------------------------------------------------- a real S3 server
+
+
+def _s3fs(server):
+    return fsspec.filesystem(
+        "s3", key=server.env["AWS_ACCESS_KEY_ID"], secret=server.env["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=server.endpoint, skip_instance_cache=True,
+    )
+
+
+def test_a_large_prefix_is_listed_page_by_page(s3_server, monkeypatch):
+    client = s3_server.client()
+    client.create_bucket(Bucket="many")
+    for i in range(12):
+        client.put_object(Bucket="many", Key=f"k/{i:05d}.jpg", Body=b"x")
+    monkeypatch.setattr(storage, "S3_PAGE_KEYS", 5)  # S3's pages hold 1,000 keys
+    fs = _s3fs(s3_server)
+    calls = []
+    original = fs._call_s3
+
+    async def counting(method, *args, **kwargs):
+        calls.append(method)
+        return await original(method, *args, **kwargs)
+
+    fs._call_s3 = counting
+    found = storage._iter_files(fs, storage.location("s3://many/k/"), recursive=True)
+    first = next(found)
+    assert str(first) == "s3://many/k/00000.jpg"
+    assert calls == ["list_objects_v2"]  # one page, not the whole prefix
+    rest = list(found)
+    assert [str(u) for u in rest] == [f"s3://many/k/{i:05d}.jpg" for i in range(1, 12)]
+    assert calls == ["list_objects_v2"] * 3
+    assert rest[0].info["ETag"]  # the listing's version, for --skip-existing without a HEAD
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    """A local http.server on 127.0.0.1 serving one image (and 404 for anything else)."""
+    root = tmp_path_factory.mktemp("web")
+    (root / "shared.jpg").write_bytes(_jpeg(7))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server):
+    """Bucket ``photos``: four images (one under sub/), a non-image and a key the user may
+    not read (secret/); outputs go to bucket ``cams``."""
+    client = s3_server.client()
+    client.create_bucket(Bucket="photos")
+    client.create_bucket(Bucket="cams")
+    images = {f"set/img{i}.jpg": _jpeg(i) for i in range(3)}
+    images["set/sub/deep.jpg"] = _jpeg(9, size=(40, 90))
+    for key, data in images.items():
+        client.put_object(Bucket="photos", Key=key, Body=data)
+    client.put_object(Bucket="photos", Key="set/broken.jpg", Body=b"this is not a jpeg")
+    client.put_object(Bucket="photos", Key="set/secret/hidden.jpg", Body=_jpeg(5))
+    return client, images
+
+
+def _keys(client, bucket: str, prefix: str = "") -> dict[str, str]:
+    """key → ETag of every object under ``prefix``."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
+def test_explain_a_prefix_into_another_bucket_then_resume(bucket, s3_server, tmp_path):
+    client, images = bucket
+    before = _keys(client, "photos")
+    run = _camcli("s3://photos/set/", "-r", "-o", "s3://cams/run/", "--json", cwd=tmp_path,
+                  **s3_server.env)
+    assert run.returncode == 1, run.stderr  # two inputs failed, the others were written
+    assert _camcli_lines(run.stderr)[:-1] == [
+        "s3://photos/set/broken.jpg: not an image file Pillow can read",
+        "s3://photos/set/secret/hidden.jpg: cannot read: access denied",
+    ]
+    assert "4 done, 2 failed" in run.stderr.splitlines()[-1]
+    assert _keys(client, "photos") == before  # nothing written beside the inputs
+    written = _keys(client, "cams", "run/")
+    expected = {f"run/photos/{k}.cam.{s}" for k in images for s in ("json", "png")}
+    assert set(written) == expected
+    for key, data in images.items():
+        record = json.loads(client.get_object(Bucket="cams", Key=f"run/photos/{key}.cam.json")[
+            "Body"].read())
+        assert record["input"]["path"] == f"s3://photos/{key}"
+        assert record["input"]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert record["input"]["object"]["size"] == len(data)
+        assert record["input"]["object"]["etag"] == before[key].strip('"')
+        overlay = client.get_object(Bucket="cams", Key=f"run/photos/{key}.cam.png")["Body"].read()
+        assert Image.open(io.BytesIO(overlay)).size == Image.open(io.BytesIO(data)).size
+
+    # Resume: one input changed since; only it is recomputed, the rest are skipped.
+    client.put_object(Bucket="photos", Key="set/img1.jpg", Body=_jpeg(101))
+    again = _camcli("s3://photos/set/", "-r", "-o", "s3://cams/run/", "--json",
+                    "--skip-existing", cwd=tmp_path, **s3_server.env)
+    assert again.returncode == 1, again.stderr
+    lines = [json.loads(line) for line in again.stdout.splitlines()]
+    skipped = sorted(line["input"] for line in lines if line.get("skipped"))
+    done = [line["input"]["path"] for line in lines if line["ok"] and not line.get("skipped")]
+    assert skipped == sorted(f"s3://photos/{k}" for k in images if k != "set/img1.jpg")
+    assert done == ["s3://photos/set/img1.jpg"]
+    after = _keys(client, "cams", "run/")
+    changed = {key for key in after if after[key] != written[key]}
+    assert changed <= {"run/photos/set/img1.jpg.cam.json", "run/photos/set/img1.jpg.cam.png"}
+    assert "run/photos/set/img1.jpg.cam.json" in changed
+
+
+def test_stdin_urls_a_deleted_key_and_http_inputs(bucket, s3_server, web, tmp_path):
+    client, images = bucket
+    client.put_object(Bucket="photos", Key="gone/soon.jpg", Body=_jpeg(3))
+    listed = ["s3://photos/gone/soon.jpg", "s3://photos/set/img0.jpg"]
+    client.delete_object(Bucket="photos", Key="gone/soon.jpg")  # deleted after it was listed
+    urls = [*listed, f"{web}/shared.jpg", f"{web}/missing.jpg"]
+    run = _camcli("-", "-o", "s3://cams/mixed/", cwd=tmp_path, stdin="\n".join(urls) + "\n",
+                  **s3_server.env)
+    assert run.returncode == 1, run.stderr
+    assert sorted(_camcli_lines(run.stderr)[:-1]) == [
+        f"{web}/missing.jpg: cannot read: not found (no such bucket, key or page)",
+        "s3://photos/gone/soon.jpg: cannot read: not found (no such bucket, key or page)",
+    ]
+    host = web.split("://")[1].split(":")[0]
+    written = set(_keys(client, "cams", "mixed/"))
+    assert written == {
+        "mixed/photos/set/img0.jpg.cam.json", "mixed/photos/set/img0.jpg.cam.png",
+        f"mixed/{host}/shared.jpg.cam.json", f"mixed/{host}/shared.jpg.cam.png",
+    }
+
+
+def test_a_prefix_that_cannot_be_listed_is_a_usage_error_without_secrets(s3_server, tmp_path):
+    wrong = {**s3_server.env, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONG",
+             "AWS_SECRET_ACCESS_KEY": "wrong-secret-do-not-print"}
+    run = _camcli("s3://photos/set/", "--debug", "--storage-option",
+                  "client_kwargs={\"region_name\": \"us-east-1\"}", cwd=tmp_path, **wrong)
+    assert run.returncode == 2, run.stderr
+    assert "camcli: error: s3://photos/set/: cannot list: access denied" in run.stderr
+    assert WARNING not in run.stderr  # the model was never loaded
+    assert "wrong-secret-do-not-print" not in run.stderr + run.stdout
+
+    missing = _camcli("s3://no-such-bucket/x/", cwd=tmp_path, **s3_server.env)
+    assert missing.returncode == 2, missing.stderr
+    assert _camcli_lines(missing.stderr) == [
+        "camcli: error: s3://no-such-bucket/x/: cannot list: "
+        "not found (no such bucket, key or page)"
+    ]
