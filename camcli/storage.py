@@ -45,9 +45,14 @@ _secrets: set[str] = set()
 # --------------------------------------------------------------------------- secrets
 
 
-def _remember_secret(value) -> None:
+_SECRET_NAME = re.compile(r"key|secret|token|pass|cred|sig|auth", re.IGNORECASE)
+
+
+def _remember_secret(value, name: str = "") -> None:
+    """Mask ``value`` from now on: always when ``name`` sounds secret, else when it is long
+    enough not to mask ordinary words (``anon=true``, ``addressing_style=path``)."""
     text = value if isinstance(value, str) else json.dumps(value)
-    if len(text) >= 4 and text.lower() not in ("true", "false", "null", "none"):
+    if text and (len(text) >= 8 or _SECRET_NAME.search(name)):
         _secrets.add(text)
 
 
@@ -56,7 +61,7 @@ def redact(text: str) -> str:
     credential variable replaced by ``***``."""
     text = str(text)
     for name in _SECRET_ENV:
-        if os.environ.get(name):
+        if len(os.environ.get(name, "")) >= 8:
             text = text.replace(os.environ[name], "***")
     for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
@@ -86,7 +91,7 @@ class StorageOptions:
                 value = json.loads(raw)
             except ValueError:
                 value = raw
-            _remember_secret(value)
+            _remember_secret(value, key)
             items.append((key.strip(), value))
         return cls(tuple(items))
 
@@ -123,7 +128,7 @@ def location(text, options: StorageOptions = NO_OPTIONS):
         return Path(urlsplit(text).path or "/")
     split = urlsplit(text)
     if split.password:
-        _remember_secret(split.password)
+        _remember_secret(split.password, "password")
     return Url(text, protocol, options)
 
 
