@@ -12,6 +12,7 @@ import hashlib
 import http.server
 import io
 import json
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -174,11 +175,27 @@ def test_a_large_prefix_is_listed_page_by_page(s3_server, monkeypatch):
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
-    """A local http.server on 127.0.0.1 serving one image (and 404 for anything else)."""
+    """A local http.server on 127.0.0.1 serving one image, one whose connection drops after
+    100 of its bytes (``dropped.jpg``), and 404 for anything else."""
     root = tmp_path_factory.mktemp("web")
     (root / "shared.jpg").write_bytes(_jpeg(7))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/dropped.jpg":
+                return super().do_GET()
+            self.send_response(200)
+            self.send_header("Content-Length", "5000")
+            self.end_headers()
+            self.wfile.write(_jpeg(8)[:100])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Handler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -254,14 +271,14 @@ def test_stdin_urls_a_deleted_key_and_http_inputs(bucket, s3_server, web, tmp_pa
     client.put_object(Bucket="photos", Key="gone/soon.jpg", Body=_jpeg(3))
     listed = ["s3://photos/gone/soon.jpg", "s3://photos/set/img0.jpg"]
     client.delete_object(Bucket="photos", Key="gone/soon.jpg")  # deleted after it was listed
-    urls = [*listed, f"{web}/shared.jpg", f"{web}/missing.jpg"]
+    urls = [*listed, f"{web}/shared.jpg", f"{web}/missing.jpg", f"{web}/dropped.jpg"]
     run = _camcli("-", "-o", "s3://cams/mixed/", cwd=tmp_path, stdin="\n".join(urls) + "\n",
                   **s3_server.env)
     assert run.returncode == 1, run.stderr
-    assert sorted(_camcli_lines(run.stderr)[:-1]) == [
-        f"{web}/missing.jpg: cannot read: not found (no such bucket, key or page)",
-        "s3://photos/gone/soon.jpg: cannot read: not found (no such bucket, key or page)",
-    ]
+    dropped, missing, gone = sorted(_camcli_lines(run.stderr)[:-1])
+    assert dropped.startswith(f"{web}/dropped.jpg: cannot read: ")  # aiohttp's payload error
+    assert missing == f"{web}/missing.jpg: cannot read: not found (no such bucket, key or page)"
+    assert gone == "s3://photos/gone/soon.jpg: cannot read: not found (no such bucket, key or page)"
     host = web.split("://")[1].split(":")[0]
     written = set(_keys(client, "cams", "mixed/"))
     assert written == {
