@@ -303,3 +303,21 @@ def test_a_prefix_that_cannot_be_listed_is_a_usage_error_without_secrets(s3_serv
         "camcli: error: s3://no-such-bucket/x/: cannot list: "
         "not found (no such bucket, key or page)"
     ]
+
+
+def test_two_shards_of_a_prefix_cover_it_once(bucket, s3_server, tmp_path):
+    client, images = bucket
+    seen = []
+    for k in (1, 2):
+        run = _camcli("s3://photos/set/", "-r", "-o", "s3://cams/sharded/", "--json",
+                      "--shard", f"{k}/2", cwd=tmp_path, **s3_server.env)
+        assert run.returncode in (0, 1), run.stderr
+        assert f"shard {k}/2: " in run.stderr.splitlines()[-1]
+        seen.append({line["input"] if not line["ok"] else line["input"]["path"]
+                     for line in map(json.loads, run.stdout.splitlines())})
+    assert not seen[0] & seen[1]
+    every = {f"s3://photos/{key}" for key in images}
+    every |= {"s3://photos/set/broken.jpg", "s3://photos/set/secret/hidden.jpg"}
+    assert seen[0] | seen[1] == every
+    written = set(_keys(client, "cams", "sharded/"))
+    assert written == {f"sharded/photos/{k}.cam.{s}" for k in images for s in ("json", "png")}
