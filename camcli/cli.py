@@ -267,13 +267,24 @@ def models(
         return
     from rich.table import Table
 
-    table = Table(title=f"{len(specs)} models", title_justify="left")
-    for column in ("name", "input", "default layer", "preprocess", "aliases"):
+    offline = any(spec.bundled for spec in specs)
+    table = Table(
+        title=f"{len(specs)} models",
+        title_justify="left",
+        caption="bundled: the weights ship with camcli, no download" if offline else None,
+        caption_justify="left",
+    )
+    for column in ("name", "input", "default layer", "preprocess", "imagenet weights", "aliases"):
         table.add_column(column)
     for spec in specs:
         height, width = spec.input_size
         table.add_row(
-            spec.name, f"{height}×{width}", spec.default_layer, spec.family, ", ".join(spec.aliases)
+            spec.name,
+            f"{height}×{width}",
+            spec.default_layer,
+            spec.family,
+            "bundled" if spec.bundled else "download",
+            ", ".join(spec.aliases),
         )
     _console().print(table)
 

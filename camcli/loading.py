@@ -9,9 +9,11 @@ and how to reach the pre-activation class scores when the model ends in softmax 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +234,8 @@ def _build_with_weights(spec: registry.ModelSpec, weights: str):
     choice = weights.strip()
     if choice.lower() == "none":
         return spec.build(weights=None), "none"
+    if choice.lower() == "imagenet" and spec.bundled is not None:
+        return _load_bundled(spec), "imagenet"
     if choice.lower() == "imagenet":
         try:
             return spec.build(weights="imagenet"), "imagenet"
@@ -240,9 +244,54 @@ def _build_with_weights(spec: registry.ModelSpec, weights: str):
                 f"could not get ImageNet weights for {spec.name} "
                 f"({_first_line(exc)}); Keras looks for them in {keras_cache_dir()} — "
                 "put the file there, pass --weights PATH to use a local weights file, "
-                "or --weights none for random weights"
+                f"or --weights none for random weights{_offline_alternative()}"
             ) from exc
     return _load_weights(spec.build(weights=None), choice, spec.name)
+
+
+def _offline_alternative() -> str:
+    """The registry's bundled models, offered when a download fails."""
+    names = [f"--model {spec.name}" for spec in registry.bundled_models()]
+    if not names:
+        return ""
+    return f"; or, with no download, {' or '.join(names)} (ImageNet weights bundled with camcli)"
+
+
+# --------------------------------------------------------------------------- bundled weights
+
+
+def bundled_weights_path(bundled: registry.BundledWeights) -> Path:
+    """Where the installed package keeps a bundled weights file (``camcli/data``)."""
+    return Path(str(resources.files("camcli").joinpath("data", bundled.file)))
+
+
+def verify_weights_file(path: Path, bundled: registry.BundledWeights) -> None:
+    """Raise :class:`WeightsError` unless ``path`` has the size and sha256 the registry states.
+
+    A truncated download of the wheel, a disk error or an edited file would otherwise load as
+    plausible-looking wrong weights (or crash deep inside h5py).
+    """
+    advice = "reinstall camcli (pip install --force-reinstall camcli)"
+    try:
+        size = path.stat().st_size
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if size == bundled.size else ""
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise WeightsError(f"{path}: cannot read the bundled weights ({reason}); {advice}") from exc
+    if size != bundled.size:
+        problem = f"{size:,} bytes, expected {bundled.size:,}"
+    elif digest != bundled.sha256:
+        problem = f"sha256 {digest[:12]}…, expected {bundled.sha256[:12]}…"
+    else:
+        return
+    raise WeightsError(f"{path}: the bundled weights are damaged ({problem}); {advice}")
+
+
+def _load_bundled(spec: registry.ModelSpec):
+    """Build ``spec`` and load its bundled ImageNet weights: no network, no Keras cache."""
+    path = bundled_weights_path(spec.bundled)
+    verify_weights_file(path, spec.bundled)  # before the (slow) build: fail fast
+    return _load_weights(spec.build(weights=None), str(path), spec.name)[0]
 
 
 def _load_weights(keras_model, weights: str, name: str):

@@ -1,9 +1,10 @@
 """Every model camcli knows, in one table (in the style of timm's model registry).
 
 A :class:`ModelSpec` says how to build one ImageNet classifier from ``keras.applications``, which
-``preprocess_input`` goes with it, the input size its ImageNet weights were trained at, and which
-layer Grad-CAM explains by default. Everything else in camcli asks this module, so adding a model
-means adding one row below.
+``preprocess_input`` goes with it, the input size its ImageNet weights were trained at, which
+layer Grad-CAM explains by default and whether its ImageNet weights ship inside the package
+(:class:`BundledWeights`: such a model works offline). Everything else in camcli asks this
+module, so adding a model means adding one row below.
 
 Why the facts are literals rather than computed: listing models, resolving names and printing
 "did you mean" must be instant, so this module never imports TensorFlow or Keras at import time
@@ -22,6 +23,22 @@ import re
 from dataclasses import dataclass
 
 from camcli.errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class BundledWeights:
+    """ImageNet weights shipped inside the package (``camcli/data/<file>``): no download.
+
+    ``sha256`` and ``size`` are what the file must be; the loader checks them before use, so a
+    damaged install fails with a message instead of giving wrong maps.
+    """
+
+    file: str  # file name in camcli/data
+    sha256: str
+    size: int  # bytes
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "sha256": self.sha256, "bytes": self.size}
 
 
 def normalize(name: str) -> str:
@@ -43,6 +60,7 @@ class ModelSpec:
     default_layer: str  # last layer with a 4-D output larger than 1x1: the Grad-CAM target
     aliases: tuple[str, ...] = ()
     options: tuple[tuple[str, object], ...] = ()  # extra constructor kwargs, e.g. alpha
+    bundled: BundledWeights | None = None  # ImageNet weights in the package: work offline
 
     def build(self, weights: str | None = None):
         """Build the Keras model returning logits (``classifier_activation=None``).
@@ -83,6 +101,7 @@ class ModelSpec:
             "default_layer": self.default_layer,
             "aliases": list(self.aliases),
             "options": dict(self.options),
+            "bundled_weights": self.bundled.to_dict() if self.bundled else None,
         }
 
 
@@ -216,6 +235,17 @@ _ALIASES = {
     "mobilenet_v3_small_1.0_224": ("mobilenet_v3_small",),  # also "MobileNetV3Small"
     "mobilenet_v3_large_1.0_224": ("mobilenet_v3_large",),  # also "MobileNetV3Large"
 }
+
+# ImageNet weights that ship in camcli/data (provenance and licence: camcli/data/NOTICE.md).
+# MobileNet v1 0.25 is the smallest real ImageNet classifier (0.5 M parameters, ~50 % top-1):
+# the one that lets the demo, smoke tests and CI run offline.
+_BUNDLED = {
+    "mobilenet_v1_0.25_224": BundledWeights(
+        file="mobilenet_v1_0.25_224_imagenet.weights.h5",
+        sha256="6062f8635e2a9f8e814b7289f8089be56d37001b924414f73885fa981c9e178f",
+        size=2_140_432,
+    ),
+}
 # fmt: on
 
 # Notes on default layers (the rule is in tools/compute_default_layers.py):
@@ -236,6 +266,7 @@ def _spec(name, constructor, family, size, layer, **options) -> ModelSpec:
         default_layer=layer,
         aliases=_ALIASES.get(name, ()),
         options=tuple(options.items()),
+        bundled=_BUNDLED.get(name),
     )
 
 
@@ -264,6 +295,8 @@ def _all_specs() -> list[ModelSpec]:
 
 
 _MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _all_specs()}
+if set(_BUNDLED) - set(_MODELS):  # a typo in _BUNDLED would silently bundle nothing
+    raise ValueError(f"bundled weights for unknown models: {sorted(set(_BUNDLED) - set(_MODELS))}")
 
 
 def _build_index(specs) -> dict[str, ModelSpec]:
@@ -300,6 +333,11 @@ def list_models(pattern: str | None = None) -> list[ModelSpec]:
         or fnmatch.fnmatchcase(spec.name, raw)
         or fnmatch.fnmatchcase(normalize(spec.name), key)
     ]
+
+
+def bundled_models() -> list[ModelSpec]:
+    """The models whose ImageNet weights ship in the package (they work offline), by name."""
+    return [spec for spec in _MODELS.values() if spec.bundled is not None]
 
 
 def get_spec(name: str) -> ModelSpec:
