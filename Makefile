@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The demo runs offline: this model's ImageNet weights ship inside the package.
+DEMO_MODEL := mobilenet_v1_0.25_224
+DEMO_OUT := demo-out
 
 .PHONY: demo test lint install clean
 
@@ -14,7 +17,8 @@ $(BIN)/camcli: pyproject.toml
 install: $(BIN)/camcli
 
 demo: install
-	$(BIN)/camcli explain sample_images/
+	$(BIN)/camcli explain sample_images/ --model $(DEMO_MODEL) --out-dir $(DEMO_OUT)
+	$(BIN)/python tools/demo_summary.py $(DEMO_OUT)
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -23,4 +27,4 @@ lint: install
 	$(BIN)/ruff check camcli tests benchmarks tools
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(DEMO_OUT)

@@ -1,5 +1,5 @@
-"""Deletion / insertion on a real pretrained model: MobileNet v1 0.25 (the fixture weights in
-../shared/fixtures, see SOURCES.md) on the coffee sample photo.
+"""Deletion / insertion on a real pretrained model: MobileNet v1 0.25 (the ImageNet weights
+bundled in camcli/data, see its NOTICE.md) on the coffee sample photo.
 
 A faithful map ranks the pixels the model relies on first: deleting them first makes the score
 fall sooner (lower deletion AUC), inserting them first makes it rise sooner (higher insertion
@@ -19,8 +19,6 @@ from camcli.audit import AuditSettings, faithfulness, metrics, run_audit
 from camcli.heatmaps import resize
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-WEIGHTS = FIXTURES / "mobilenet_v1_0.25_224_imagenet.weights.h5"
 COFFEE = REPO / "sample_images" / "coffee.png"
 ESPRESSO = 967
 RANDOM_MAPS = 5
@@ -28,14 +26,12 @@ RANDOM_MAPS = 5
 
 @pytest.fixture(scope="module")
 def coffee():
-    if not WEIGHTS.is_file():
-        pytest.skip(f"fixture weights not found at {WEIGHTS} (see ../shared/fixtures/SOURCES.md)")
     from camcli.api import Explainer
 
-    explainer = Explainer(model="mobilenet_v1_0.25_224", weights=str(WEIGHTS))
+    explainer = Explainer(model="mobilenet_v1_0.25_224", weights="imagenet")  # bundled
     pixels = images.read_for_model(COFFEE, explainer.loaded.input_size).pixels
     out = explainer.explain_arrays(pixels[None])
-    assert int(out.targets[0, 0]) == ESPRESSO, "the fixture model no longer sees an espresso"
+    assert int(out.targets[0, 0]) == ESPRESSO, "the bundled model no longer sees an espresso"
     return explainer, pixels, out.cams[0, 0]
 
 

@@ -173,6 +173,11 @@ def test_offline_imagenet_weights_give_one_clear_message(tmp_path):
     assert MODEL in message
     assert str(keras_home / "models") in message
     assert "--weights PATH" in message and "--weights none" in message
+    # and the way out that needs no download: the bundled model, named from the registry
+    assert message.endswith(
+        "; or, with no download, --model mobilenet_v1_0.25_224"
+        " (ImageNet weights bundled with camcli)"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty_keras_home", "p.png"]
 
 

@@ -3,25 +3,45 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import offline_env
 
 from camcli.errors import UnknownNameError, UsageError
 from camcli.labels import Labels, generic_labels, imagenet_labels, load_label_file
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
-
-def test_shipped_table_matches_keras_class_index():
-    keras_index = FIXTURES / "imagenet_class_index.json"
-    if not keras_index.is_file():
-        pytest.skip(f"Keras class index fixture not found at {keras_index}")
-    expected = json.loads(keras_index.read_text(encoding="utf-8"))
+def test_shipped_table_is_keras_class_index(tmp_path):
+    """Keras' own ``decode_predictions`` takes the table, serialized as Keras' JSON file, for its
+    class index: the md5 it checks passes (else it would try a download, which fails here), so
+    all 1000 (wnid, label) entries are Keras' own."""
     labels = imagenet_labels()
-    assert len(labels) == len(expected) == 1000
-    for i in range(1000):
-        assert [labels.wnid(i), labels.name(i)] == expected[str(i)], f"entry {i}"
+    assert len(labels) == 1000
+    index = {str(i): [labels.wnid(i), labels.name(i)] for i in range(len(labels))}
+    env = offline_env(tmp_path)
+    cache = Path(env["KERAS_HOME"]) / "models"
+    cache.mkdir(parents=True)
+    (cache / "imagenet_class_index.json").write_text(json.dumps(index), encoding="utf-8")
+    script = (
+        "import json, numpy, keras\n"
+        "scores = numpy.eye(1000)[[207, 281, 504, 967]]\n"
+        "decoded = keras.applications.imagenet_utils.decode_predictions(scores, top=1)\n"
+        "print(json.dumps([list(row[0][:2]) for row in decoded]))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Downloading" not in run.stdout + run.stderr
+    assert json.loads(run.stdout.splitlines()[-1]) == [
+        ["n02099601", "golden_retriever"],
+        ["n02123045", "tabby"],
+        ["n03063599", "coffee_mug"],
+        ["n07920052", "espresso"],
+    ]
 
 
 def test_imagenet_labels_is_cached():

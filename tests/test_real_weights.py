@@ -1,26 +1,23 @@
-"""The real pretrained MobileNet v1 0.25 (fixture weights) on the sample photos, through the CLI.
+"""The real pretrained MobileNet v1 0.25 (the weights bundled in camcli/data) on the sample
+photos, through the CLI, offline.
 
-The fixture and its observed top-5 lists are documented in ../shared/fixtures/SOURCES.md. camcli
-feeds the whole image resized to the input size (bilinear, no crop), the setting those lists
-were observed with, so the top-5 must come out in the same order.
+The weights and their observed top-5 lists are documented in camcli/data/NOTICE.md and in the
+fixture's SOURCES.md. camcli feeds the whole image resized to the input size (bilinear, no crop),
+the setting those lists were observed with, so the top-5 must come out in the same order.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import CAMCLI, offline_env
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-WEIGHTS = FIXTURES / "mobilenet_v1_0.25_224_imagenet.weights.h5"
-CAMCLI = Path(sys.executable).with_name("camcli")
 MODEL = "mobilenet_v1_0.25_224"
 
 # SOURCES.md, "Observed top-5", whole image resized to 224x224, no crop.
@@ -32,15 +29,10 @@ DOCUMENTED_TOP5 = {
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
-    if not WEIGHTS.is_file():
-        pytest.skip(f"fixture weights not found at {WEIGHTS}")
-    out = tmp_path_factory.mktemp("real") / "out"
-    env = dict(os.environ)
-    for name in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
-        env[name] = "http://127.0.0.1:9"  # nothing may be downloaded
-    for name in ("no_proxy", "NO_PROXY"):
-        env.pop(name, None)
-    env["KERAS_HOME"] = str(out.parent / "keras_home")
+    """``--weights imagenet`` with a dead proxy and an empty Keras cache: the bundled file."""
+    home = tmp_path_factory.mktemp("real")
+    out = home / "out"
+    env = offline_env(home)
     run = subprocess.run(
         [
             str(CAMCLI),
@@ -49,7 +41,7 @@ def sample_run(tmp_path_factory):
             "--model",
             MODEL,
             "--weights",
-            str(WEIGHTS),
+            "imagenet",
             "--out-dir",
             str(out),
             "--save-heatmap",
@@ -63,9 +55,17 @@ def sample_run(tmp_path_factory):
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
+    assert run.stderr == ""  # no download attempt, no warning
     lines = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
     results = {Path(line["input"]["path"]).name: line for line in lines}
-    return out / "sample_images", results
+    return out / "sample_images", results, Path(env["KERAS_HOME"])
+
+
+def test_bundled_weights_never_touch_the_keras_cache(sample_run):
+    _, results, keras_home = sample_run
+    assert results  # the run did happen
+    cache = keras_home / "models"
+    assert not cache.exists() or not any(cache.iterdir())
 
 
 def _top5(record: dict) -> list[int]:
@@ -73,11 +73,11 @@ def _top5(record: dict) -> list[int]:
 
 
 def test_every_sample_photo_is_explained_under_out_dir(sample_run):
-    mirror, results = sample_run
+    mirror, results, _ = sample_run
     assert set(results) == {"astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"}
     for name, result in results.items():
         assert result["ok"] is True
-        assert result["model"]["weights"] == str(WEIGHTS)
+        assert result["model"]["weights"] == "imagenet"
         assert result["model"]["layer"] == "conv_pw_13_relu"
         record = json.loads((mirror / f"{name}.cam.json").read_text())
         assert record["predictions"] == result["predictions"]
@@ -89,7 +89,7 @@ def test_every_sample_photo_is_explained_under_out_dir(sample_run):
 
 
 def test_the_cat_and_the_coffee_are_recognised(sample_run):
-    _, results = sample_run
+    _, results, _ = sample_run
     assert set(_top5(results["chelsea.png"])) & {281, 282, 283, 284, 285}
     assert set(_top5(results["coffee.png"])) & {967, 968}
     assert results["coffee.png"]["predictions"][0]["label"] == "espresso"
@@ -97,7 +97,7 @@ def test_the_cat_and_the_coffee_are_recognised(sample_run):
 
 @pytest.mark.parametrize("name", sorted(DOCUMENTED_TOP5))
 def test_top5_matches_the_fixture_documentation(sample_run, name):
-    _, results = sample_run
+    _, results, _ = sample_run
     predictions = results[name]["predictions"]
     assert _top5(results[name]) == [index for index, _ in DOCUMENTED_TOP5[name]]
     for got, (_, documented) in zip(predictions, DOCUMENTED_TOP5[name], strict=True):
@@ -105,7 +105,7 @@ def test_top5_matches_the_fixture_documentation(sample_run, name):
 
 
 def test_coffee_heatmap_peaks_on_the_cup(sample_run):
-    mirror, results = sample_run
+    mirror, results, _ = sample_run
     (explained,) = results["coffee.png"]["explanations"]
     assert explained["index"] == 967 and not explained["empty"]
     peak = explained["peak"]
