@@ -1,11 +1,10 @@
 """Regenerate the README's method gallery: one overlay per method for two sample photos.
 
-    .venv/bin/python tools/make_gallery.py \
-        --weights ../shared/fixtures/mobilenet_v1_0.25_224_imagenet.weights.h5
+    .venv/bin/python tools/make_gallery.py
 
-Uses the smallest ImageNet MobileNet (``mobilenet_v1_0.25_224``, whose weights file lives outside
-this repository) through camcli's own Python API, explaining each photo's top-1 class, and writes
-small JPEGs to ``docs/gallery/`` so the repository stays light.
+Uses the smallest ImageNet MobileNet (``mobilenet_v1_0.25_224``, whose ImageNet weights ship in
+the package, so this runs offline) through camcli's own Python API, explaining each photo's
+top-1 class, and writes small JPEGs to ``docs/gallery/`` so the repository stays light.
 """
 
 from __future__ import annotations
@@ -23,7 +22,9 @@ PHOTOS = ("chelsea.png", "coffee.png")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True, help="mobilenet_v1_0.25_224 weights file")
+    parser.add_argument(
+        "--weights", default="imagenet", help="imagenet (bundled), none or a weights file"
+    )
     parser.add_argument("--model", default="mobilenet_v1_0.25_224")
     parser.add_argument("--width", type=int, default=240, help="gallery image width")
     args = parser.parse_args()
