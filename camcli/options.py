@@ -99,7 +99,10 @@ def command(app: typer.Typer, *groups: tuple[Spec, ...], **settings):
 # --------------------------------------------------------------------------- the model and method
 
 MODEL_HELP = "Registry name (see `camcli models`) or a .keras/.h5 model file."
-WEIGHTS_HELP = "'imagenet' (Keras cache, downloads once), 'none' (random) or a file."
+WEIGHTS_HELP = (
+    "'imagenet' (bundled for the models `camcli models` marks so, else downloaded once into "
+    "the Keras cache), 'none' (random) or a file."
+)
 
 MODEL: tuple[Spec, ...] = (
     spec("model", str, "resnet50", "--model", "-m", help=MODEL_HELP),
