@@ -268,8 +268,8 @@ def bundled_weights_path(bundled: registry.BundledWeights) -> Path:
 def verify_weights_file(path: Path, bundled: registry.BundledWeights) -> None:
     """Raise :class:`WeightsError` unless ``path`` has the size and sha256 the registry states.
 
-    A truncated download of the wheel, a disk error or an edited file would otherwise load as
-    plausible-looking wrong weights (or crash deep inside h5py).
+    A truncated file (an interrupted copy), a disk error or an edited file would otherwise load
+    as plausible-looking wrong weights, or crash deep inside h5py.
     """
     advice = "reinstall camcli (pip install --force-reinstall camcli)"
     try:
