@@ -96,12 +96,13 @@ PATHS = Annotated[
 @opt.command(
     app,
     opt.MODEL, opt.TARGETS, (opt.TOP_K,), opt.RENDER, opt.OUTPUTS, opt.INPUTS,
-    (opt.STORAGE, opt.MAX_PIXELS, opt.JSON_LINES), opt.RUN,
+    (opt.STORAGE, opt.MAX_PIXELS, opt.JSON_LINES, opt.RUN_REPORT), opt.RUN,
 )
 def explain(paths: PATHS, **options):
     """Write a Grad-CAM overlay and a JSON record beside each image (or URL)."""
     from camcli import sharding, storage
     from camcli.api import OutputOptions, RunStats
+    from camcli.report import RunRecorder
 
     try:  # before TensorFlow is imported: a bad --shard is a usage error at once
         options["shard"] = sharding.parse(options["shard"])
@@ -124,8 +125,21 @@ def explain(paths: PATHS, **options):
     results = explainer.run(paths, output, stop=session.stop, max_pixels=options["max_pixels"],
                             stats=stats, storage_options=output.storage_options,
                             **opt.pick(options, opt.INPUTS))
-    raise typer.Exit(session.show(results, as_json=options["as_json"],
-                                  inputs=lambda: _shard_summary(shard, stats)))
+    recorder = RunRecorder(output.out_dir)
+    status = session.show(recorder.watch(results), as_json=options["as_json"],
+                          inputs=lambda: _shard_summary(shard, stats))
+    _finish_run(recorder, options["report"], session)
+    raise typer.Exit(status)
+
+
+def _finish_run(recorder, report: Path | None, session) -> None:
+    """Log the run's failures under --out-dir and write its --report."""
+    try:
+        built = recorder.finish(report)
+    except Exception as exc:
+        raise _fail(exc, session.debug) from None
+    if built is not None and not session.quiet:
+        typer.echo(f"camcli: report: {built.index}", err=True)
 
 
 def _shard_summary(shard, stats) -> str:
@@ -379,6 +393,35 @@ def audit(manifest: MANIFEST, **options):
             err=True,
         )
     raise typer.Exit(int(result.exit_status))
+
+
+REPORT_SOURCES = Annotated[
+    list[str],
+    typer.Argument(help="Folders holding camcli outputs (searched recursively), or records."),
+]
+
+
+@opt.command(app, opt.REPORT, opt.only(opt.RUN, "quiet", "debug"), name="report")
+def report_command(sources: REPORT_SOURCES, **options):
+    """Build one page over the records that runs left in these folders (shards merge)."""
+    from camcli.report import build_report
+
+    started = time.perf_counter()
+    try:
+        built = build_report(sources, options["out"], title=options["title"])
+    except Exception as exc:
+        raise _fail(exc, options["debug"]) from None
+    for problem in built.problems:
+        typer.echo(f"camcli: {problem}", err=True)
+    if not options["quiet"]:
+        counts = built.data["counts"]
+        typer.echo(
+            f"camcli: report of {counts['done']} inputs ({counts['failed']} failed, "
+            f"{counts['empty']} empty maps) in {time.perf_counter() - started:.1f}s: "
+            f"{built.index}",
+            err=True,
+        )
+    raise typer.Exit(int(ExitStatus.SOME_FAILED if built.problems else ExitStatus.OK))
 
 
 def _console():

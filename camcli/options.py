@@ -183,6 +183,19 @@ RUN: tuple[Spec, ...] = (
     spec("debug", bool, False, help="Show tracebacks and TensorFlow logs."),
 )
 
+# --------------------------------------------------------------------------- run reports
+
+#: ``explain --report DIR``: the run's report at the end of the run.
+RUN_REPORT = spec("report", Path | None, None,
+                  help="At the end, write this run's report (index.html, thumbs/) here.")
+
+#: ``camcli report``: where the page goes and what it is called.
+REPORT: tuple[Spec, ...] = (
+    spec("out", Path, Path("camcli-report"), "--out", "-o",
+         help="Folder for index.html and thumbs/."),
+    spec("title", str | None, None, help="The page's title."),
+)
+
 AS_JSON = spec("as_json", bool, False, "--json", help="Print JSON instead of a table.")
 JSON_LINES = AS_JSON.but(help="Print one JSON line per image on stdout.")
 

@@ -7,13 +7,11 @@ this module only adds the ground truth, so a reader sees at a glance whether the
 
 from __future__ import annotations
 
-import base64
-import io
-
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from camcli import render
+from camcli.report.thumbnails import data_uri, jpeg_thumbnail
 
 BOX_COLOUR = (0, 255, 0)
 THUMBNAIL_SIDE = 220
@@ -64,8 +62,4 @@ def audit_overlay(
 
 def thumbnail_uri(picture: Image.Image, side: int = THUMBNAIL_SIDE) -> str:
     """A small JPEG as a ``data:`` URI, so the HTML report is one self-contained file."""
-    small = picture.convert("RGB").copy()
-    small.thumbnail((side, side), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    small.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data_uri(jpeg_thumbnail(picture, side))

@@ -1,0 +1,194 @@
+"""``camcli report``: records found in folders (or named by a run) to ``index.html`` and
+thumbnails.
+
+Two passes, each over what it needs: every record is read once, summarised to a small card
+(:func:`~camcli.report.summary.summarise`) and dropped, so memory follows the cards, not the
+records; then the kept cards' thumbnails are drawn in a thread pool (Pillow decodes outside the
+GIL), skipping thumbnails already newer than their source. The same input found twice (two
+folders holding it, a folder given twice) is kept once: the first in the order the sources were
+given, then by record path. A logged failure of an input that has a record is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+from camcli.outputs import replace_atomically
+from camcli.report import runlog, summary, thumbnails
+from camcli.report.runpage import run_report_html
+from camcli.report.sources import RECORD_SUFFIX, open_source
+
+DEFAULT_DIR = Path("camcli-report")
+THUMBS = "thumbs"
+_THUMB_NAME = re.compile(r"^[0-9a-f]{16}(\.cam)?\.jpg$")
+
+
+@dataclass
+class ReportResult:
+    """What :func:`build_report` wrote and what it could not read."""
+
+    index: Path
+    data: dict
+    records_read: int
+    problems: list[str] = field(default_factory=list)  # "path: reason", one per unreadable file
+
+
+@dataclass
+class _Found:
+    order: tuple[int, str]  # (source index, record path): which copy of an input is kept
+    record: Path
+    card: dict
+
+
+def build_report(
+    sources: Iterable[str | os.PathLike] = (),
+    out_dir: str | os.PathLike = DEFAULT_DIR,
+    *,
+    failures: Iterable[dict] = (),
+    title: str | None = None,
+    low_confidence: float = summary.LOW_CONFIDENCE,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ReportResult:
+    """Write ``out_dir/index.html`` and ``out_dir/thumbs/`` for the records under ``sources``.
+
+    ``sources``: folders (searched recursively; their failure logs are read too) or record
+    files. ``failures``: failed inputs known to the caller (a run), from
+    :func:`camcli.report.runlog.failure`. Raises :class:`~camcli.errors.UsageError` for a source
+    that does not exist or is not supported; unreadable records are listed in ``problems``.
+    """
+    out_dir = Path(out_dir)
+    opened = [open_source(source) for source in sources]  # every argument checked first
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    problems: list[str] = []
+    found: dict[str, _Found] = {}
+    logged: list[dict] = list(failures)
+    read = 0
+    with ThreadPoolExecutor(workers, thread_name_prefix="camcli-report") as pool:
+        jobs = ((i, source, path) for i, source in enumerate(opened) for path in source.records())
+        for (i, _source, path), outcome in zip_lazily(pool, _read_card, jobs):
+            read += 1
+            if isinstance(outcome, str):
+                problems.append(f"{path}: {outcome}")
+                continue
+            order = (i, str(path))
+            kept = found.get(outcome["name"])
+            if kept is None or order < kept.order:
+                found[outcome["name"]] = _Found(order, path, outcome)
+            if progress is not None:
+                progress(1)
+        for source in opened:
+            for log in reversed(list(source.failure_logs())):  # newest first: its reason wins
+                logged.extend(runlog.read_failures(source.read(log)))
+        cards = list(pool.map(lambda f: _with_pictures(f, out_dir), found.values()))
+    known = set(found)
+    failed: dict[str, dict] = {}
+    for entry in logged:
+        if entry["name"] not in known:
+            failed.setdefault(entry["name"], entry)
+    created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    data = summary.page_data(cards, list(failed.values()), title or _title(opened), created,
+                             low_confidence)
+    _remove_stale_thumbnails(out_dir / THUMBS, {card["id"] for card in cards})
+    index = out_dir / "index.html"
+    replace_atomically(index, run_report_html(data))
+    return ReportResult(index=index, data=data, records_read=read,
+                        problems=problems)
+
+
+def zip_lazily(pool: ThreadPoolExecutor, fn, jobs, depth: int = 64):
+    """``(job, fn(*job))`` in order, with at most ``depth`` calls in flight (jobs are streamed:
+    a folder of 100,000 records is never listed whole before the first is read)."""
+    from collections import deque
+
+    window: deque = deque()
+    for job in jobs:
+        window.append((job, pool.submit(fn, *job)))
+        if len(window) >= depth:
+            job, future = window.popleft()
+            yield job, future.result()
+    while window:
+        job, future = window.popleft()
+        yield job, future.result()
+
+
+def _read_card(_index: int, source, path: Path) -> dict | str:
+    """The card of one record file, or the reason it cannot be read."""
+    import json
+
+    try:
+        card = summary.summarise(json.loads(source.read(path)))
+    except OSError as exc:
+        return f"cannot read record: {exc.strerror or exc}"
+    except ValueError as exc:  # bad JSON, or RecordError
+        return str(exc) if isinstance(exc, summary.RecordError) else f"not JSON: {exc}"
+    return card
+
+
+def _with_pictures(found: _Found, out_dir: Path) -> dict:
+    """The card with its links and thumbnails (drawn unless already up to date)."""
+    card = dict(found.card)
+    folder = found.record.parent
+    explained = []
+    for entry in card["explained"]:
+        overlay = folder / entry["overlay"] if entry.get("overlay") else None
+        entry = {k: v for k, v in entry.items() if k != "overlay"}
+        entry["href"] = _href(overlay, out_dir) if overlay and overlay.is_file() else None
+        explained.append((entry, overlay))
+    card["explained"] = [entry for entry, _ in explained]
+    picture = _input_file(found.record, card["name"])
+    card["input"] = _href(picture, out_dir) if picture else None
+    overlay = explained[0][1] if explained else None
+    card["thumb"] = _thumbnail(picture, out_dir, f"{card['id']}.jpg")
+    card["cam"] = _thumbnail(overlay, out_dir, f"{card['id']}.cam.jpg")
+    return card
+
+
+def _input_file(record: Path, name: str) -> Path | None:
+    """The input of a record: beside it (outputs written beside the inputs), else the path the
+    record names (absolute, or relative to the current folder, as the run saw it)."""
+    beside = record.with_name(record.name[: -len(RECORD_SUFFIX)])
+    for candidate in (beside, Path(name)):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _thumbnail(source: Path | None, out_dir: Path, name: str) -> str | None:
+    """Draw ``out_dir/thumbs/name`` from ``source`` (unless it is newer); its relative URL."""
+    if source is None or not source.is_file():
+        return None
+    target = out_dir / THUMBS / name
+    try:
+        if not (target.is_file() and target.stat().st_mtime >= source.stat().st_mtime):
+            replace_atomically(target, thumbnails.thumbnail_of_file(source))
+    except (OSError, ValueError):  # an unreadable picture: the card shows none
+        return None
+    return f"{THUMBS}/{name}"
+
+
+def _href(path: Path, out_dir: Path) -> str:
+    """A link from the page to ``path``, relative, so the folders can move together."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
+    return quote(Path(relative).as_posix())
+
+
+def _remove_stale_thumbnails(folder: Path, ids: set[str]) -> None:
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if _THUMB_NAME.match(path.name) and path.name[:16] not in ids:
+            path.unlink(missing_ok=True)
+
+
+def _title(sources) -> str:
+    names = [source.path.name or str(source.path) for source in sources[:3]]
+    more = f" and {len(sources) - 3} more" if len(sources) > 3 else ""
+    return "camcli report — " + (", ".join(names) + more if names else "run")

@@ -1,0 +1,130 @@
+"""The pure part of the run report: records in, the page's data out (plain dicts, no I/O).
+
+A *card* is the few fields the page shows for one input, taken from its record by
+:func:`summarise`; :func:`page_data` adds the counts and the charts' bins. Everything here is
+deterministic: the same records give the same data whatever order they were found in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+#: Top-1 probability below which an input counts as "low confidence" (the page can change it).
+LOW_CONFIDENCE = 0.5
+#: Classes in the bar chart; the rest are summed as "other classes".
+CHART_CLASSES = 12
+PROBABILITY_BINS = (0.0, 1.0, 20)
+#: ``top20_energy_share`` is 0.2 for a uniform map and 1 for a map whose energy is all in its
+#: hottest 20 %, so the histogram spans [0.2, 1]. Empty maps (no share) are counted apart.
+SHARPNESS_BINS = (0.2, 1.0, 16)
+
+
+class RecordError(ValueError):
+    """A JSON file that is not a camcli record the report can read."""
+
+
+def card_id(name: str) -> str:
+    """A short stable id for an input (its thumbnails' file names)."""
+    return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def _round(value) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def summarise(record: dict) -> dict:
+    """The card of one record: name, top-k, explained classes with sharpness and empty flag.
+
+    ``share`` and ``empty`` describe the first explained class (the overlay the card shows);
+    ``empty`` is true when any explained map is empty. Raises :class:`RecordError` when the
+    record lacks what a camcli record has.
+    """
+    try:
+        name = str(record["input"]["path"])
+        predictions = [
+            {"label": str(p["label"]), "index": int(p["index"]), "prob": _round(p["probability"])}
+            for p in record["predictions"]
+        ]
+        explained = [
+            {
+                "label": str(e["label"]),
+                "index": int(e["index"]),
+                "prob": _round(e.get("probability")),
+                "share": None if e.get("empty") else _round(e.get("top20_energy_share")),
+                "empty": bool(e.get("empty")),
+                "overlay": e.get("overlay"),
+            }
+            for e in record["explanations"]
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecordError(f"not a camcli record ({type(exc).__name__}: {exc})") from None
+    if not predictions:
+        raise RecordError("not a camcli record (no predictions)")
+    top = predictions[0]
+    first = explained[0] if explained else {"share": None, "empty": False}
+    return {
+        "id": card_id(name),
+        "name": name,
+        "label": top["label"],
+        "prob": top["prob"],
+        "share": first["share"],
+        "empty": any(e["empty"] for e in explained),
+        "top": predictions,
+        "explained": explained,
+    }
+
+
+def histogram(values: Iterable[float], low: float, high: float, bins: int) -> dict:
+    """Counts of ``values`` in ``bins`` equal bins over [low, high] (the last bin includes
+    ``high``; values outside are counted in the first or last bin)."""
+    counts = [0] * bins
+    width = (high - low) / bins
+    for value in values:
+        if value is None or math.isnan(value):
+            continue
+        index = math.floor((value - low) / width)
+        counts[min(bins - 1, max(0, index))] += 1
+    edges = [round(low + i * width, 6) for i in range(bins + 1)]
+    return {"edges": edges, "counts": counts}
+
+
+def class_counts(labels: Iterable[str], keep: int = CHART_CLASSES) -> list[dict]:
+    """The ``keep`` most frequent labels (ties by name), then one "other classes" bar."""
+    counter = Counter(labels)
+    ordered = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
+    bars = [{"label": label, "count": count} for label, count in ordered[:keep]]
+    rest = sum(count for _, count in ordered[keep:])
+    if rest:
+        bars.append({"label": f"{len(ordered) - keep} other classes", "count": rest,
+                     "other": True})
+    return bars
+
+
+def page_data(cards: list[dict], failures: list[dict], title: str, created: str,
+              low_confidence: float = LOW_CONFIDENCE) -> dict:
+    """Everything the page shows: counts, chart bins, the cards (sorted by name) and failures."""
+    cards = sorted(cards, key=lambda card: card["name"])
+    failures = sorted(failures, key=lambda failure: failure["name"])
+    labels = Counter(card["label"] for card in cards)
+    return {
+        "title": title,
+        "created": created,
+        "low_confidence": low_confidence,
+        "counts": {
+            "done": len(cards),
+            "failed": len(failures),
+            "empty": sum(card["empty"] for card in cards),
+            "low_confidence": sum(card["prob"] < low_confidence for card in cards),
+        },
+        "charts": {
+            "classes": class_counts(card["label"] for card in cards),
+            "probability": histogram((c["prob"] for c in cards), *PROBABILITY_BINS),
+            "sharpness": histogram((c["share"] for c in cards), *SHARPNESS_BINS),
+        },
+        "classes": sorted(labels, key=lambda label: (-labels[label], label)),
+        "cards": cards,
+        "failures": failures,
+    }
