@@ -189,6 +189,8 @@ def _remove_stale_thumbnails(folder: Path, ids: set[str]) -> None:
 
 
 def _title(sources) -> str:
+    if sources and all(source.path.is_file() for source in sources):
+        return f"camcli report — one run, {len(sources):,} records"
     names = [source.path.name or str(source.path) for source in sources[:3]]
     more = f" and {len(sources) - 3} more" if len(sources) > 3 else ""
     return "camcli report — " + (", ".join(names) + more if names else "run")

@@ -40,9 +40,10 @@ display:block}.chart text{fill:var(--muted);font-size:10px}
 .flag.empty{background:var(--warn-bg);color:var(--warn)}
 .flag.low{background:var(--soft);color:var(--muted)}
 .flag.failed{background:var(--bad-bg);color:var(--bad)}
-.pics{margin:0}.pics img{aspect-ratio:attr(width)/attr(height)}
+#grid{align-items:start}
+.pics{margin:0}.pics img{aspect-ratio:4/3;object-fit:contain}
 .pics .none{display:flex;align-items:center;justify-content:center;color:var(--muted);
-font-size:12px;background:var(--soft);border-radius:4px;min-height:90px}
+font-size:12px;background:var(--soft);border-radius:4px;aspect-ratio:4/3}
 ol.top{margin:0;padding:0;list-style:none;font-size:12.5px}
 ol.top li{display:grid;grid-template-columns:1fr 52px;gap:6px;position:relative;
 padding:1px 4px;border-radius:3px;overflow:hidden}
@@ -51,6 +52,7 @@ ol.top li span:last-child{text-align:right;font-variant-numeric:tabular-nums}
 ol.top li:first-child{font-weight:600}
 .explained{font-size:12px;color:var(--muted)}.explained a{margin-right:6px}
 .reason{color:var(--bad);font-size:13px;word-break:break-word}
+#more[hidden]{display:none}
 #more{display:block;margin:0 auto 30px;font:inherit;padding:6px 16px;border-radius:6px;
 border:1px solid var(--line);background:var(--panel);color:inherit;cursor:pointer}
 .nothing{padding:30px 24px;color:var(--muted)}
@@ -145,7 +147,7 @@ function barChart(bars){const row=16,w=320,lw=120,h=Math.max(row,bars.length*row
       $('cls').value=state.cls;apply();});
     s.append(g);});
   return s;}
-function histogram(name,hist,label){const w=320,h=130,l=28,b=22,n=hist.counts.length;
+function histogram(name,hist,label){const w=320,h=140,l=28,b=30,n=hist.counts.length;
   const max=Math.max(1,...hist.counts),bw=(w-l-6)/n;
   const s=svg('svg',{viewBox:`0 0 ${w} ${h}`,'data-chart':name,role:'img'});
   s.append(svg('line',{x1:l,y1:h-b,x2:w-4,y2:h-b}));
