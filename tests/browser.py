@@ -22,34 +22,29 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync")
 
 
-def find_chromium(install: bool = True) -> str | None:
-    """The Chromium binary; installed with apt-get (as root) when missing and ``install``.
+class ChromiumMissing(RuntimeError):
+    """Chromium is not installed and cannot be installed here; the message says why."""
 
-    Returns ``None`` (with no exception) when it is not there and cannot be installed; the
-    reason is in :data:`why_missing`.
-    """
-    global why_missing
+
+def find_chromium() -> str:
+    """The Chromium binary; installed with apt-get (as root) when missing."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found or not install:
+    if found:
         return found
     if not shutil.which("apt-get") or os.geteuid() != 0:
-        why_missing = "chromium is not installed and cannot be installed (needs root and apt-get)"
-        return None
+        raise ChromiumMissing("chromium is not installed and cannot be installed "
+                              "(needs root and apt-get)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
         for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
             subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        why_missing = f"cannot install chromium: {exc} {detail.decode(errors='replace')[-300:]}"
-        return None
+        detail = (getattr(exc, "stderr", b"") or b"").decode(errors="replace")[-300:]
+        raise ChromiumMissing(f"cannot install chromium: {exc} {detail}") from None
     found = shutil.which("chromium")
     if not found:
-        why_missing = "apt-get installed no chromium binary"
+        raise ChromiumMissing("apt-get installed no chromium binary")
     return found
-
-
-why_missing = ""
 
 
 def run_once(binary: str, page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -33,6 +32,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from browser import ChromiumMissing, find_chromium, run_once
 from PIL import Image
 from synthetic import SHAPES, make_shapes
 
@@ -379,31 +379,10 @@ def test_expected_class_maps_masks_and_rows_without_ground_truth(world):
 @pytest.fixture(scope="module")
 def chromium():
     """Headless Chromium; installed with apt-get (as root) when missing, else skip."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if not shutil.which("apt-get") or os.geteuid() != 0:
-        pytest.skip("chromium is not installed and cannot be installed (needs root and apt-get)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
-        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-            subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        pytest.skip(f"cannot install chromium: {exc} {detail.decode(errors='replace')[-300:]}")
-    found = shutil.which("chromium")
-    if not found:
-        pytest.skip("apt-get installed no chromium binary")
-    return found
-
-
-def _chromium(binary: str, page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", *args, page.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )
+        return find_chromium()
+    except ChromiumMissing as exc:
+        pytest.skip(str(exc))
 
 
 def test_report_html_renders_one_card_per_image_in_chromium(world, clean_audit, chromium,
@@ -414,7 +393,7 @@ def test_report_html_renders_one_card_per_image_in_chromium(world, clean_audit, 
     result = _audit(world, manifest, "good", "html_out")
     assert result.record["summary"]["unreadable_images"] == 1
     page = result.files["report.html"]
-    dom = _chromium(chromium, page, tmp_path / "profile1", "--dump-dom")
+    dom = run_once(chromium, page, tmp_path / "profile1", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     assert html.count('class="card pass') + html.count('class="card fail') == N_IMAGES + 1
@@ -424,7 +403,7 @@ def test_report_html_renders_one_card_per_image_in_chromium(world, clean_audit, 
     assert html[first_card:first_card + 20].startswith('class="card fail')
 
     shot = tmp_path / "report.png"
-    run = _chromium(chromium, page, tmp_path / "profile2", f"--screenshot={shot}",
+    run = run_once(chromium, page, tmp_path / "profile2", f"--screenshot={shot}",
                     "--window-size=1200,900")
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
     with Image.open(shot) as image:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import Browser, find_chromium, why_missing
+from browser import Browser, ChromiumMissing, find_chromium
 from cli_helpers import CAMCLI, nonblank_lines, offline_env
 from PIL import Image
 
@@ -126,10 +126,10 @@ def _page_data(index: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def chromium():
-    found = find_chromium()
-    if not found:
-        pytest.skip(why_missing)
-    return found
+    try:
+        return find_chromium()
+    except ChromiumMissing as exc:
+        pytest.skip(str(exc))
 
 
 # --------------------------------------------------------------------------- the files
@@ -334,7 +334,7 @@ def test_summarise_keeps_what_a_card_shows():
     card = summary.summarise(_record("a/b.png", [0.61234, 0.3, 0.08766], 0.456789))
     assert card["name"] == "a/b.png" and card["label"] == "cat"
     assert card["prob"] == 0.6123 and card["share"] == 0.4568 and card["empty"] is False
-    assert [p["label"] for p in card["top"]] == ["cat", "dog", "fox"]
+    assert card["top"] == [["cat", 0.6123], ["dog", 0.3], ["fox", 0.0877]]
     assert card["id"] == summary.card_id("a/b.png") != summary.card_id("a/c.png")
     empty = summary.summarise(_record("e.png", [0.9, 0.1], None))
     assert empty["empty"] is True and empty["share"] is None  # an empty map has no sharpness

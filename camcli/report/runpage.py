@@ -120,9 +120,9 @@ function card(c){const [dir,file]=base(c.name);
   const head=el('div',{class:'id',title:c.name},el('span',{class:'dir'},dir),file);
   if(c.kind==='failed')return el('div',{class:'card failed','data-name':c.name},head,flags(c),
     el('div',{class:'reason'},c.error));
-  const top=el('ol',{class:'top'},...c.top.map(p=>{const i=el('i');
-    i.style.width=(100*p.prob).toFixed(1)+'%%';
-    return el('li',{},i,el('span',{},p.label),el('span',{},pct(p.prob)));}));
+  const top=el('ol',{class:'top'},...c.top.map(([label,prob])=>{const i=el('i');
+    i.style.width=(100*prob).toFixed(1)+'%%';
+    return el('li',{},i,el('span',{},label),el('span',{},pct(prob)));}));
   const ex=el('div',{class:'explained'},...c.explained.map(e=>el('div',{},
     e.href?el('a',{href:e.href,target:'_blank'},'map'):'',
     `for ${e.label} (${pct(e.prob)}) · sharpness ${e.share===null?'—':e.share.toFixed(2)}`)));

@@ -36,7 +36,8 @@ def _round(value) -> float | None:
 
 
 def summarise(record: dict) -> dict:
-    """The card of one record: name, top-k, explained classes with sharpness and empty flag.
+    """The card of one record: name, top-k (``[label, probability]`` pairs), explained classes
+    with sharpness and empty flag.
 
     ``share`` and ``empty`` describe the first explained class (the overlay the card shows);
     ``empty`` is true when any explained map is empty. Raises :class:`RecordError` when the
@@ -44,14 +45,10 @@ def summarise(record: dict) -> dict:
     """
     try:
         name = str(record["input"]["path"])
-        predictions = [
-            {"label": str(p["label"]), "index": int(p["index"]), "prob": _round(p["probability"])}
-            for p in record["predictions"]
-        ]
+        predictions = [[str(p["label"]), _round(p["probability"])] for p in record["predictions"]]
         explained = [
             {
                 "label": str(e["label"]),
-                "index": int(e["index"]),
                 "prob": _round(e.get("probability")),
                 "share": None if e.get("empty") else _round(e.get("top20_energy_share")),
                 "empty": bool(e.get("empty")),
@@ -63,13 +60,13 @@ def summarise(record: dict) -> dict:
         raise RecordError(f"not a camcli record ({type(exc).__name__}: {exc})") from None
     if not predictions:
         raise RecordError("not a camcli record (no predictions)")
-    top = predictions[0]
+    label, probability = predictions[0]
     first = explained[0] if explained else {"share": None, "empty": False}
     return {
         "id": card_id(name),
         "name": name,
-        "label": top["label"],
-        "prob": top["prob"],
+        "label": label,
+        "prob": probability,
         "share": first["share"],
         "empty": any(e["empty"] for e in explained),
         "top": predictions,
