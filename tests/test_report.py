@@ -150,9 +150,13 @@ def test_run_report_files_are_small_thumbnails_beside_one_offline_page(world):
     data = _page_data(report / "index.html")
     for card in data["cards"]:
         record_path, record = records[card["name"]]
-        overlay = (report / card["explained"][0]["href"]).resolve()
-        assert overlay == (record_path.parent / record["explanations"][0]["overlay"]).resolve()
-        assert (report / card["input"]).resolve() == (folder / card["name"]).resolve()
+        assert data["labels"][card["label"]] == record["predictions"][0]["label"]
+        overlay = report / data["dirs"][card["dir"]] / card["explained"][0]["overlay"]
+        assert overlay.resolve() == (
+            record_path.parent / record["explanations"][0]["overlay"]).resolve()
+        picture = report / data["dirs"][card["input"][0]] / card["input"][1]
+        assert picture.resolve() == (folder / card["name"]).resolve()
+        assert card["thumb"] and card["cam"]
     assert data["failures"] == [{"name": f"photos/{BROKEN}",
                                  "error": "not an image file Pillow can read"}]
     # the run left its failure where `camcli report out/` finds it
@@ -264,7 +268,11 @@ def test_page_in_chromium_matches_the_records_and_its_controls_work(world, chrom
 def _comparable(data: dict, roots: dict[str, str]) -> dict:
     """The page's data without its build time and with links made independent of which output
     folder (``roots``: folder -> placeholder) holds a record."""
-    text = json.dumps({k: v for k, v in data.items() if k not in ("created", "title")})
+    dirs = data["dirs"]
+    cards = [{**card, "dir": dirs[card["dir"]],
+              "input": dirs[card["input"][0]] + card["input"][1]} for card in data["cards"]]
+    kept = {k: v for k, v in data.items() if k not in ("created", "title", "dirs", "cards")}
+    text = json.dumps({**kept, "cards": cards})
     for folder, placeholder in roots.items():
         text = text.replace(f'"../{folder}/', f'"../{placeholder}/')
     return json.loads(text)

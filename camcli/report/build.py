@@ -27,6 +27,8 @@ from camcli.report.sources import RECORD_SUFFIX, open_source
 
 DEFAULT_DIR = Path("camcli-report")
 THUMBS = "thumbs"
+#: Thumbnail paths relative to the page, by card id (the page builds the same from its data).
+THUMB_NAMES = {"input": f"{THUMBS}/%s.jpg", "overlay": f"{THUMBS}/%s.cam.jpg"}
 _THUMB_NAME = re.compile(r"^[0-9a-f]{16}(\.cam)?\.jpg$")
 
 
@@ -96,6 +98,7 @@ def build_report(
     created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     data = summary.page_data(cards, list(failed.values()), title or _title(opened), created,
                              low_confidence)
+    data["thumbs"] = THUMB_NAMES
     _remove_stale_thumbnails(out_dir / THUMBS, {card["id"] for card in cards})
     index = out_dir / "index.html"
     replace_atomically(index, run_report_html(data))
@@ -133,21 +136,22 @@ def _read_card(_index: int, source, path: Path) -> dict | str:
 
 
 def _with_pictures(found: _Found, out_dir: Path) -> dict:
-    """The card with its links and thumbnails (drawn unless already up to date)."""
+    """The card with its links (``dir``: the record's folder relative to the page; overlays
+    keep their file names, or ``None`` when missing) and its thumbnails (drawn unless already up
+    to date; ``thumb``/``cam`` say whether each exists)."""
     card = dict(found.card)
     folder = found.record.parent
-    explained = []
-    for entry in card["explained"]:
-        overlay = folder / entry["overlay"] if entry.get("overlay") else None
-        entry = {k: v for k, v in entry.items() if k != "overlay"}
-        entry["href"] = _href(overlay, out_dir) if overlay and overlay.is_file() else None
-        explained.append((entry, overlay))
-    card["explained"] = [entry for entry, _ in explained]
+    card["dir"] = _href(folder, out_dir) + "/"
+    overlays = [folder / e["overlay"] if e.get("overlay") else None for e in card["explained"]]
+    card["explained"] = [
+        {**entry, "overlay": quote(overlay.name) if overlay and overlay.is_file() else None}
+        for entry, overlay in zip(card["explained"], overlays, strict=True)
+    ]
     picture = _input_file(found.record, card["name"])
-    card["input"] = _href(picture, out_dir) if picture else None
-    overlay = explained[0][1] if explained else None
-    card["thumb"] = _thumbnail(picture, out_dir, f"{card['id']}.jpg")
-    card["cam"] = _thumbnail(overlay, out_dir, f"{card['id']}.cam.jpg")
+    card["input"] = (_href(picture.parent, out_dir) + "/", quote(picture.name)) if picture else None
+    card["thumb"] = _thumbnail(picture, out_dir, THUMB_NAMES["input"] % card["id"])
+    card["cam"] = _thumbnail(overlays[0] if overlays else None, out_dir,
+                             THUMB_NAMES["overlay"] % card["id"])
     return card
 
 
@@ -161,17 +165,17 @@ def _input_file(record: Path, name: str) -> Path | None:
     return None
 
 
-def _thumbnail(source: Path | None, out_dir: Path, name: str) -> str | None:
-    """Draw ``out_dir/thumbs/name`` from ``source`` (unless it is newer); its relative URL."""
+def _thumbnail(source: Path | None, out_dir: Path, name: str) -> bool:
+    """Draw ``out_dir/name`` from ``source`` (unless it is newer); whether it exists."""
     if source is None or not source.is_file():
-        return None
-    target = out_dir / THUMBS / name
+        return False
+    target = out_dir / name
     try:
         if not (target.is_file() and target.stat().st_mtime >= source.stat().st_mtime):
             replace_atomically(target, thumbnails.thumbnail_of_file(source))
     except (OSError, ValueError):  # an unreadable picture: the card shows none
-        return None
-    return f"{THUMBS}/{name}"
+        return False
+    return True
 
 
 def _href(path: Path, out_dir: Path) -> str:

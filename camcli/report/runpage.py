@@ -63,7 +63,14 @@ const DATA=JSON.parse(document.getElementById('camcli-data').textContent);
 const PAGE=%(page)d,NS='http://www.w3.org/2000/svg';
 const $=id=>document.getElementById(id);
 const grid=$('grid'),more=$('more');
-const items=DATA.cards.map(c=>Object.assign({kind:'done'},c)).concat(
+const L=DATA.labels,D=DATA.dirs,T=DATA.thumbs;
+function expand(c){return {kind:'done',id:c.id,name:c.name,label:L[c.label],prob:c.prob,
+  share:c.share,empty:c.empty,top:c.top.map(([l,p])=>[L[l],p]),
+  explained:c.explained.map(e=>({label:L[e.label],prob:e.prob,share:e.share,empty:e.empty,
+    href:e.overlay?D[c.dir]+e.overlay:null})),
+  input:c.input?D[c.input[0]]+c.input[1]:null,
+  thumb:c.thumb?T.input.replace('%%s',c.id):null,cam:c.cam?T.overlay.replace('%%s',c.id):null};}
+const items=DATA.cards.map(expand).concat(
   DATA.failures.map(f=>Object.assign({kind:'failed',prob:null,share:null,empty:false},f)));
 let view=[],shown=0;
 function el(tag,attrs,...kids){const e=document.createElement(tag);

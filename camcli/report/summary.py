@@ -122,6 +122,35 @@ def page_data(cards: list[dict], failures: list[dict], title: str, created: str,
             "sharpness": histogram((c["share"] for c in cards), *SHARPNESS_BINS),
         },
         "classes": sorted(labels, key=lambda label: (-labels[label], label)),
-        "cards": cards,
+        **compact(cards),
         "failures": failures,
     }
+
+
+def compact(cards: list[dict]) -> dict:
+    """``{"labels": [...], "dirs": [...], "cards": [...]}``: the cards with every class label
+    and link folder replaced by its index in one table, so 10,000 cards stay a small page.
+
+    Cards that carry links (from the report builder) have ``dir`` (the record's folder) and
+    ``input`` (``(folder, file)`` or ``None``); both become indices into ``dirs``.
+    """
+    labels: dict[str, int] = {}
+    dirs: dict[str, int] = {}
+
+    def label(text: str) -> int:
+        return labels.setdefault(text, len(labels))
+
+    def folder(text: str) -> int:
+        return dirs.setdefault(text, len(dirs))
+
+    out = []
+    for card in cards:
+        small = {**card, "label": label(card["label"]),
+                 "top": [[label(name), p] for name, p in card["top"]],
+                 "explained": [{**e, "label": label(e["label"])} for e in card["explained"]]}
+        if "dir" in card:
+            small["dir"] = folder(card["dir"])
+        if card.get("input"):
+            small["input"] = [folder(card["input"][0]), card["input"][1]]
+        out.append(small)
+    return {"labels": list(labels), "dirs": list(dirs), "cards": out}
