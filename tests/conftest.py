@@ -132,3 +132,15 @@ def s3_server():
     finally:
         settings.INITIAL_NO_AUTH_ACTION_COUNT = previous
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Chromium's binary (tests/browser.py); installed with apt-get (as root) when
+    missing, else the test is skipped with the reason."""
+    from browser import ChromiumMissing, find_chromium
+
+    try:
+        return find_chromium()
+    except ChromiumMissing as exc:
+        pytest.skip(str(exc))

@@ -32,7 +32,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from browser import ChromiumMissing, find_chromium, run_once
+from browser import run_once
 from PIL import Image
 from synthetic import SHAPES, make_shapes
 
@@ -374,15 +374,6 @@ def test_expected_class_maps_masks_and_rows_without_ground_truth(world):
 
 
 # --------------------------------------------------------------------------- report.html
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    """Headless Chromium; installed with apt-get (as root) when missing, else skip."""
-    try:
-        return find_chromium()
-    except ChromiumMissing as exc:
-        pytest.skip(str(exc))
 
 
 def test_report_html_renders_one_card_per_image_in_chromium(world, clean_audit, chromium,

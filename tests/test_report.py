@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import Browser, ChromiumMissing, find_chromium
+from browser import Browser
 from cli_helpers import CAMCLI, nonblank_lines, offline_env
 from PIL import Image
 
@@ -122,14 +122,6 @@ def _page_data(index: Path) -> dict:
                       re.S)
     assert match, "the page embeds its data"
     return json.loads(match.group(1))
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    try:
-        return find_chromium()
-    except ChromiumMissing as exc:
-        pytest.skip(str(exc))
 
 
 # --------------------------------------------------------------------------- the files
