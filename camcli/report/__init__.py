@@ -31,17 +31,22 @@ class RunRecorder:
     """
 
     def __init__(self, out_dir: str | os.PathLike | None = None):
-        self.out_dir = Path(out_dir) if out_dir is not None else None
+        from camcli import storage
+
+        # Reports and failure logs are local for now: with a URL --out-dir there is neither.
+        self.local = not storage.is_url(out_dir)
+        self.out_dir = Path(out_dir) if out_dir is not None and self.local else None
         self.records: list[Path] = []
         self.failures: list[dict] = []
 
     def add(self, result) -> None:
         """One :class:`camcli.api.ImageResult` (explained, skipped as up to date, or failed)."""
         from camcli.outputs import OutputPaths
+        from camcli.storage import is_url as storage_url
 
         if not result.ok:
             self.failures.append(failure(str(result.path), result.error))
-        else:
+        elif self.local and not storage_url(result.path):
             self.records.append(OutputPaths.for_input(Path(result.path), self.out_dir).record)
 
     def watch(self, results):

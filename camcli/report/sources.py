@@ -56,8 +56,10 @@ class LocalSource:
 
 def open_source(text: str | os.PathLike) -> LocalSource:
     """The backend for one ``camcli report`` argument; a clear usage error when there is none."""
+    from camcli import storage
+
     text = os.fspath(text)
-    if "://" in text:
+    if storage.is_url(text):
         raise UsageError(f"{text}: camcli report reads local folders only for now "
                          "(object-storage URLs are not supported yet)")
     path = Path(text)
