@@ -52,9 +52,11 @@ class Explainer:
         fuse: str = "mean",
         scorecam_batch: int = DEFAULT_CHUNK_SIZE,
         scorecam_channels: int | None = None,
+        precision: str = "float32",
     ):
         from camcli import engine, loading
         from camcli.methods import get_method
+        from camcli.precision import warn_if_slow
 
         classes = list(classes or ())
         _check_counts(batch_size, top_k, top_k_cams, classes)
@@ -73,7 +75,10 @@ class Explainer:
             labels=labels,
             output=output,
             unsafe=unsafe_model,
+            precision=precision,
         )
+        #: Why ``precision`` is slow on this machine (warned once), or None.
+        self.slow_precision = warn_if_slow(precision)
         labels = self.loaded.labels
         resolved = tuple(dict.fromkeys(labels.resolve(c) for c in classes))
         self.targets = engine.Targets(classes=resolved or None, top=top_k_cams or 1)

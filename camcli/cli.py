@@ -169,6 +169,8 @@ class _Session:
             # Keras prints its download messages to stdout; stdout is for --json lines only.
             with contextlib.redirect_stdout(sys.stderr):
                 explainer = Explainer(**model_options)
+            if explainer.slow_precision:
+                typer.echo(f"camcli: warning: {explainer.slow_precision}", err=True)
         except KeyboardInterrupt:
             raise self.interrupted() from None
         except Exception as exc:

@@ -190,12 +190,15 @@ class Engine:
             # Each image's score depends only on its own activations (inference mode), so the
             # gradient of the batch sum is every image's own gradient, in one backward pass.
             totals = [tf.reduce_sum(scores[:, i]) for i in range(k)]
-        activations = [captured.value for captured in captures]
+        captured = [c.value for c in captures]
         gradients = []
         if needs_gradients:
-            gradients = [tf.stack([tape.gradient(total, a) for total in totals])
-                         for a in activations]
+            # Under a mixed policy (--precision) activations and gradients are bfloat16/float16;
+            # the maps' arithmetic is float32 whatever the network ran in.
+            gradients = [tf.cast(tf.stack([tape.gradient(total, a) for total in totals]),
+                                 tf.float32) for a in captured]
         del tape
+        activations = [tf.cast(a, tf.float32) for a in captured]
         return logits, targets, scores, activations, gradients
 
     def _logits(self, images):
@@ -203,7 +206,11 @@ class Engine:
             return self._scores(self.loaded.model(images, training=False))
 
     def _scores(self, outputs):
-        """The class scores: the chosen output; a binary sigmoid unit z becomes (-z, z)."""
+        """The class scores: the chosen output; a binary sigmoid unit z becomes (-z, z).
+
+        Always float32, also when the network runs in reduced precision (``--precision``): the
+        explained score, the softmax and the target choice are computed on float32 logits.
+        """
         if isinstance(outputs, dict):
             # In the order of ``model.outputs`` (sorted keys), which ``output_index`` counts in.
             outputs = keras.tree.flatten(outputs)

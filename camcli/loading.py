@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from camcli import precision as precisions
 from camcli import registry
 from camcli.errors import UnknownNameError, UsageError, WeightsError
 from camcli.labels import Labels, generic_labels, imagenet_labels, load_label_file
@@ -56,6 +57,7 @@ class LoadedModel:
     activation: str = "none"  # the output activation camcli removed: softmax, sigmoid or none
     binary: bool = False  # one sigmoid unit: scores become (negative, positive) = (-z, z)
     patches: tuple[Patch, ...] = field(default=())
+    precision: str = precisions.DEFAULT  # the arithmetic the network runs in (--precision)
 
     @property
     def target_layers(self) -> list[tuple[str, object]]:
@@ -91,6 +93,7 @@ class LoadedModel:
             "preprocess": self.preprocess_name,
             "output_index": self.output_index,
             "output_activation": self.activation,
+            "precision": self.precision,
         }
 
 
@@ -141,13 +144,16 @@ def load(
     labels: str | os.PathLike | None = None,
     output: str | int | None = None,
     unsafe: bool = False,
+    precision: str = precisions.DEFAULT,
 ) -> LoadedModel:
     """Build a registry model, or load a user's model file, ready to explain.
 
     Registry models use ``weights`` ("imagenet", "none" or a weights file), ImageNet labels and
     their family's preprocessing. Model files bring their own weights; their preprocessing
     defaults to ``none`` and their classes are ``class_<i>`` unless ``labels`` names a file.
+    ``precision`` (float32, bfloat16, float16) is the arithmetic the network runs in.
     """
+    precisions.check(precision)
     if is_model_file(model):
         keras_model = _load_model_file(Path(model), unsafe)
         name, weights_label, default_preprocess = str(model), "file", "none"
@@ -162,6 +168,7 @@ def load(
         keras_model, weights_label = _build_with_weights(spec, weights)
         name, default_preprocess = spec.name, spec.name
         default_labels = imagenet_labels()
+    keras_model = with_precision(keras_model, precision, unsafe)
     output_index = _choose_output(keras_model, output)
     activation, patches = _output_activation(keras_model, output_index)
     n_outputs = int(_output_shapes(keras_model)[output_index][-1])
@@ -195,6 +202,7 @@ def load(
         activation=activation,
         binary=binary,
         patches=patches,
+        precision=precision,
     )
 
 
@@ -324,6 +332,58 @@ def _load_model_file(path: Path, unsafe: bool):
                 "would run on loading; pass --unsafe-model only if you trust this file"
             ) from exc
         raise UsageError(f"{path}: cannot load model: {_first_line(exc)}") from exc
+
+
+def with_precision(keras_model, precision: str, unsafe: bool = False):
+    """The model with every layer under ``precision``'s Keras dtype policy, same weights.
+
+    Rebuilt from its own config with each layer's ``dtype`` replaced (nested models included),
+    instead of building under ``keras.config.set_dtype_policy``: that is process-wide state a
+    later model would inherit, and a model file's layers carry their saved policy anyway. The
+    input layers keep their dtype: the model is still fed float32 images and casts them itself.
+    Returns the model unchanged when every layer already computes in that type.
+    """
+    import keras
+
+    policy = precisions.POLICIES[precision]
+    layers = [layer for layer in _all_layers(keras_model)
+              if not isinstance(layer, keras.layers.InputLayer)]
+    if all(layer.dtype_policy.name == policy for layer in layers):
+        return keras_model
+    try:
+        serialized = keras.saving.serialize_keras_object(keras_model)
+        _set_policy(serialized, keras.saving.serialize_keras_object(keras.DTypePolicy(policy)))
+        rebuilt = keras.saving.deserialize_keras_object(serialized, safe_mode=not unsafe)
+        rebuilt.set_weights(keras_model.get_weights())
+    except Exception as exc:
+        raise UsageError(
+            f"--precision {precision}: cannot rebuild the model under the {policy} policy "
+            f"({_first_line(exc)}); use --precision float32"
+        ) from exc
+    return rebuilt
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _set_policy(config, policy: dict) -> None:
+    """Set ``dtype`` to ``policy`` in every layer config nested in a serialized model."""
+    if isinstance(config, list):
+        for item in config:
+            _set_policy(item, policy)
+        return
+    if not isinstance(config, dict):
+        return
+    inner = config.get("config")
+    if "class_name" in config and isinstance(inner, dict):
+        if config["class_name"] != "InputLayer" and "dtype" in inner:
+            inner["dtype"] = policy
+    for value in config.values():
+        _set_policy(value, policy)
 
 
 def _first_line(exc: BaseException) -> str:

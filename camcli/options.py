@@ -129,6 +129,11 @@ MODEL: tuple[Spec, ...] = (
     spec("unsafe_model", bool, False,
          help="Allow model files that run Python code (Lambda layers)."),
     spec("batch_size", int, 16, help="Images per model call."),
+    spec("precision", str, "float32",
+         help="Arithmetic of the network: float32 (exact, reproducible), bfloat16 or float16 "
+         "(Keras mixed precision; scores and maps stay float32). Reduced precision is fast only "
+         "on a GPU or, for bfloat16, a CPU with AVX-512 BF16/AMX; elsewhere it is slower and "
+         "camcli warns."),
 )
 
 #: Which classes a run explains (``explain`` only: an audit explains the expected class).
@@ -211,6 +216,8 @@ AUDIT: tuple[Spec, ...] = (
          help="Folder for audit.json, junit.xml, summary.md, report.html and overlays/."),
     spec("baseline", Path | None, None,
          help="An earlier audit.json of the same manifest: report what changed."),
+    spec("allow_precision_change", bool, False,
+         help="Compare with a --baseline made at another --precision."),
     spec("steps", int, 20, help="Deletion/insertion steps."),
     spec("blur_sigma", float | None, None,
          help="Deletion/insertion baseline blur σ, input pixels (default 10 at 224)."),

@@ -115,3 +115,17 @@ def load_baseline(path: str | Path) -> dict:
         if image.get("ok") and image.get("map") is not None
     }
     return {"path": str(path), "record": record, "images": images}
+
+
+def check_precision(baseline: dict, precision: str, allow: bool = False) -> None:
+    """Refuse a baseline whose maps were made at another ``--precision`` unless ``allow``.
+
+    Reduced precision moves maps a little (README: Pearson r about 0.99), which a drift check
+    would report as the model's doing. Baselines from before ``--precision`` were float32.
+    """
+    before = (baseline["record"].get("model") or {}).get("precision", "float32")
+    if before != precision and not allow:
+        raise UsageError(
+            f"--baseline {baseline['path']}: its maps were made at --precision {before}, this "
+            f"audit runs at {precision}; pass --allow-precision-change to compare them anyway"
+        )

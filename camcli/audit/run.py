@@ -51,6 +51,7 @@ class AuditSettings:
     thresholds: dict[str, float | None] = field(default_factory=dict)
     mean_thresholds: dict[str, float] = field(default_factory=dict)  # on the manifest's mean
     baseline: Path | None = None
+    allow_precision_change: bool = False  # compare with a baseline made at another precision
     top_k: int = 5
     steps: int = 20
     blur_sigma: float | None = None  # model-input pixels; None: 10 px at 224, scaled
@@ -131,6 +132,8 @@ def run_audit(
     loaded = explainer.loaded
     expected = [_resolve(manifest, row, loaded.labels) for row in manifest.rows]
     baseline = compare.load_baseline(settings.baseline) if settings.baseline else None
+    if baseline is not None:
+        compare.check_precision(baseline, loaded.precision, settings.allow_precision_change)
     out_dir = Path(settings.out_dir)
     _refuse_clobbering(out_dir, manifest)
 
