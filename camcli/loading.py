@@ -346,9 +346,9 @@ def with_precision(keras_model, precision: str, unsafe: bool = False):
     import keras
 
     policy = precisions.POLICIES[precision]
-    layers = [layer for layer in _all_layers(keras_model)
-              if not isinstance(layer, keras.layers.InputLayer)]
-    if all(layer.dtype_policy.name == policy for layer in layers):
+    computing = [layer for layer in _all_layers(keras_model)  # not inputs, not nested models
+                 if not isinstance(layer, keras.layers.InputLayer) and not hasattr(layer, "layers")]
+    if all(layer.dtype_policy.name == policy for layer in computing):
         return keras_model
     try:
         serialized = keras.saving.serialize_keras_object(keras_model)
