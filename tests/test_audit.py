@@ -309,6 +309,30 @@ def test_baseline_detects_drift_between_models_and_none_against_itself(world):
     assert retrained.record["aggregates"]["map_drift"]["mean"] > 0.5
 
 
+def test_baseline_of_another_precision_is_refused_unless_allowed(world):
+    from camcli.api import Explainer
+    from camcli.errors import UsageError
+
+    before = _audit(world, world.clean, "good", "precision_f32", thresholds={},
+                    mean_thresholds={})
+    baseline = world.folder / "precision_f32" / "audit.json"
+    assert before.record["model"]["precision"] == "float32"
+    world.bf16 = Explainer(model=str(world.paths["good"]), preprocess="scale01",
+                           labels=world.labels, batch_size=4, precision="bfloat16")
+    assert world.bf16.loaded.model.get_layer("features").compute_dtype == "bfloat16"
+    with pytest.raises(UsageError, match="--precision float32, this audit runs at bfloat16; "
+                                         "pass --allow-precision-change"):
+        _audit(world, world.clean, "bf16", "precision_refused", baseline=baseline)
+    assert not (world.folder / "precision_refused").exists()  # refused before any output
+    allowed = _audit(world, world.clean, "bf16", "precision_allowed", thresholds={},
+                     mean_thresholds={}, baseline=baseline, allow_precision_change=True)
+    assert allowed.record["model"]["precision"] == "bfloat16"
+    correlations = [image["baseline"]["map_correlation"] for image in allowed.record["images"]]
+    print(f"\nbfloat16 vs float32 audit maps: correlation {np.round(correlations, 6).tolist()}")
+    assert min(correlations) >= 0.95
+    assert not any(image["baseline"]["top1_changed"] for image in allowed.record["images"])
+
+
 def test_per_row_thresholds_override_and_switch_off_global_ones(world):
     rows = world.moved.read_text().splitlines()
     header, body = rows[0], rows[1:]
