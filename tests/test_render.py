@@ -118,3 +118,21 @@ def test_encode_round_trips(fmt, magic, lossless):
 def test_encode_refuses_unknown_formats():
     with pytest.raises(ValueError, match="gif"):
         render.encode(_photo(), "gif")
+
+
+def test_png_overlays_of_photos_stay_lossless_and_no_larger_than_level_1():
+    # The faster encoder settings must keep the PNG lossless and the files at most 1.2x the
+    # size of plain zlib level 1 (the encoder before them), on real photo overlays.
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "sample_images"
+    cam = np.random.default_rng(2).random((7, 7)).astype(np.float32)
+    for path in sorted(folder.glob("*.png")) + sorted(folder.glob("*.jpg")):
+        picture = render.overlay(Image.open(path).convert("RGB"), cam)
+        data = render.encode(picture, "png")
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), picture)
+        plain = io.BytesIO()
+        picture.save(plain, "PNG", compress_level=1)
+        assert len(data) <= 1.2 * len(plain.getvalue()), path.name
+        print(f"\n{path.name}: {len(data) / len(plain.getvalue()):.2f} x level 1's size")
+
