@@ -15,7 +15,9 @@ photo-like images (crops and resizes of the sample photos, 0.1-0.8 megapixels, J
 - tf-keras-vis' Gradcam, batch 16, compute only (skipped with a note if not installed);
 - camcli end to end through the Python API (warm engine), and through the CLI as the marginal
   rate between a small and a large run, so start-up does not count; the CLI's peak RSS;
-- start-up: `camcli --help`, and `camcli explain one.jpg` with a local weights file.
+- start-up: `camcli --help`, and `camcli explain one.jpg` with a local weights file;
+- with ``--precision bfloat16`` (``--precisions`` to choose): the forward pass, the API and the
+  CLI again, side by side in the same run, against the same float32 F.
 
 It prints a table of images/s, the goal ratios and a per-stage breakdown of the API run.
 """
@@ -220,10 +222,11 @@ def run_cli(args: list[str]) -> tuple[float, float]:
     return seconds, peak / 2**30
 
 
-def cli_rate(model: str, small: Path, large: Path, n_small: int, n_large: int, repeats: int = 2):
+def cli_rate(model: str, small: Path, large: Path, n_small: int, n_large: int, repeats: int = 2,
+             extra: tuple[str, ...] = ()):
     """Marginal CLI throughput between two run sizes (best of ``repeats`` each, so start-up
     noise cancels), and the larger run's peak RSS."""
-    common = ["--model", model, "--weights", "none", "-q"]
+    common = ["--model", model, "--weights", "none", "-q", *extra]
     times = {small: [], large: []}
     rss = 0.0
     for _ in range(repeats):
@@ -244,6 +247,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--recipe-images", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--precisions", nargs="*", default=["bfloat16"],
+                        help="reduced precisions to measure beside float32")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(ROOT))
@@ -267,7 +272,13 @@ def main() -> int:
         megapixels = np.mean([np.prod(Image.open(p).size) for p in paths]) / 1e6
         print(f"camcli benchmark: {len(paths)} JPEGs, mean {megapixels:.2f} MP; "
               f"TF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
-              f"batch {args.batch_size}\n")
+              f"batch {args.batch_size}")
+        from camcli.precision import cpu_flags, slow_reason
+
+        for precision in args.precisions:
+            gpus = len(tf.config.list_physical_devices("GPU"))
+            print(f"{precision}: {slow_reason(precision, cpu_flags(), gpus) or 'fast here'}")
+        print()
 
         help_seconds = min(timed(lambda: subprocess.run(CAMCLI + ["--help"], check=True,
                                                          capture_output=True))
@@ -287,12 +298,23 @@ def main() -> int:
             cli, rss = cli_rate(model, small, work / "large", n_small, len(paths))
             one_seconds, _ = run_cli(["explain", str(paths[0]), "--model", model,
                                       "--weights", str(weights_file), "-q"])
+            reduced = {}
+            for precision in args.precisions:
+                other = Explainer(model=model, weights="none", batch_size=args.batch_size,
+                                  precision=precision)
+                reduced[precision] = dict(
+                    F=forward_rate(other, paths, args.batch_size),
+                    api=api_rate(other, work / "large")[0],
+                    cli=cli_rate(model, small, work / "large", n_small, len(paths),
+                                 extra=("--precision", precision))[0],
+                )
+                del other
             recipe = recipe_rate(model, paths[: args.recipe_images], work / "recipe")
             tkv = tfkerasvis_rate(model, paths[: 2 * args.batch_size], args.batch_size)
             keras.backend.clear_session()
             rows.append(dict(model=spec.name, F=F, R=R, ideal=ideal, api=api, cli=cli, rss=rss,
                              recipe=recipe, tkv=tkv, one=one_seconds, stats=stats,
-                             api_seconds=api_seconds))
+                             api_seconds=api_seconds, reduced=reduced))
 
         print("| model | F forward | R output | ideal 1/(1/F+1/R) | camcli API | camcli CLI "
               "| per-image recipe | tf-keras-vis (compute) | CLI peak RSS |")
@@ -308,6 +330,9 @@ def main() -> int:
             checks = [("≥ 0.85 × ideal", r["cli"] / r["ideal"], 0.85, True)]
             primary = r["model"] == "resnet50"
             checks.append(("≥ 0.5 × F", r["cli"] / r["F"], 0.5, primary))
+            checks.append(("≥ 0.70 × F", r["cli"] / r["F"], 0.70, primary))
+            for precision, rates in r["reduced"].items():
+                checks.append((f"{precision} ≥ 1.0 × F", rates["cli"] / r["F"], 1.0, primary))
             checks.append(("≥ 15 × per-image recipe", r["cli"] / r["recipe"], 15, primary))
             if r["tkv"]:
                 checks.append(("≥ 2 × tf-keras-vis", r["cli"] / r["tkv"], 2, primary))
@@ -320,6 +345,15 @@ def main() -> int:
                   f"{'met' if r['one'] <= 6.5 else 'MISSED'}")
         print(f"  {'camcli --help < 0.5 s':<41} {help_seconds:6.2f}  "
               f"{'met' if help_seconds < 0.5 else 'MISSED'}")
+        if args.precisions:
+            print("\nReduced precision, side by side (images/s; ratios to the float32 F):\n")
+            print("| model | precision | forward | API | CLI | forward / F | API / F | CLI / F |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+            for r in rows:
+                for precision, rates in {"float32": r, **r["reduced"]}.items():
+                    print(f"| {r['model']} | {precision} | {rates['F']:.1f} | {rates['api']:.1f} "
+                          f"| {rates['cli']:.1f} | {rates['F'] / r['F']:.2f} | "
+                          f"{rates['api'] / r['F']:.2f} | {rates['cli'] / r['F']:.2f} |")
         print("\nWhere the API run's time went (seconds summed over threads; wall time first):")
         for r in rows:
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["stats"].seconds.items())
