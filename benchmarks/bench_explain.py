@@ -241,6 +241,90 @@ def cli_rate(model: str, small: Path, large: Path, n_small: int, n_large: int, r
 # --------------------------------------------------------------------------- report
 
 
+def measure_model(model: str, args, work: Path, paths, small: Path, n_small: int) -> dict:
+    """Every rate of one model, side by side."""
+    import keras
+
+    from camcli import registry
+    from camcli.api import Explainer
+
+    spec = registry.get_spec(model)
+    explainer = Explainer(model=model, weights="none", batch_size=args.batch_size)
+    weights_file = work / f"{model}.weights.h5"
+    explainer.loaded.model.save_weights(weights_file)
+    layer_hw = tuple(explainer.loaded.layer.output.shape[1:3])
+
+    F = forward_rate(explainer, paths, args.batch_size)
+    R = output_rate(paths, work / "r-out", layer_hw)
+    ideal = 1 / (1 / F + 1 / R)
+    api, stats, api_seconds = api_rate(explainer, work / "large")
+    cli, rss = cli_rate(model, small, work / "large", n_small, len(paths))
+    one_seconds, _ = run_cli(["explain", str(paths[0]), "--model", model,
+                              "--weights", str(weights_file), "-q"])
+    reduced = {}
+    for precision in args.precisions:
+        other = Explainer(model=model, weights="none", batch_size=args.batch_size,
+                          precision=precision)
+        reduced[precision] = dict(
+            F=forward_rate(other, paths, args.batch_size),
+            api=api_rate(other, work / "large")[0],
+            cli=cli_rate(model, small, work / "large", n_small, len(paths),
+                         extra=("--precision", precision))[0],
+        )
+        del other
+    recipe = recipe_rate(model, paths[: args.recipe_images], work / "recipe")
+    tkv = tfkerasvis_rate(model, paths[: 2 * args.batch_size], args.batch_size)
+    keras.backend.clear_session()
+    return dict(model=spec.name, F=F, R=R, ideal=ideal, api=api, cli=cli, rss=rss,
+                recipe=recipe, tkv=tkv, one=one_seconds, stats=stats,
+                api_seconds=api_seconds, reduced=reduced)
+
+
+def print_report(rows: list[dict], help_seconds: float, precisions) -> None:
+    print("| model | F forward | R output | ideal 1/(1/F+1/R) | camcli API | camcli CLI "
+          "| per-image recipe | tf-keras-vis (compute) | CLI peak RSS |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        tkv = f"{r['tkv']:.1f}" if r["tkv"] else "not installed"
+        print(f"| {r['model']} | {r['F']:.1f} | {r['R']:.1f} | {r['ideal']:.1f} | "
+              f"{r['api']:.1f} | {r['cli']:.1f} | {r['recipe']:.2f} | {tkv} | "
+              f"{r['rss']:.2f} GB |")
+    print("\n(images/s)\n\nGoals (CLI rate; the issue sets the F, recipe and tf-keras-vis "
+          "ratios for resnet50 only):")
+    for r in rows:
+        checks = [("≥ 0.85 × ideal", r["cli"] / r["ideal"], 0.85, True)]
+        primary = r["model"] == "resnet50"
+        checks.append(("≥ 0.5 × F", r["cli"] / r["F"], 0.5, primary))
+        checks.append(("≥ 0.70 × F", r["cli"] / r["F"], 0.70, primary))
+        for precision, rates in r["reduced"].items():
+            checks.append((f"{precision} ≥ 1.0 × F", rates["cli"] / r["F"], 1.0, primary))
+        checks.append(("≥ 15 × per-image recipe", r["cli"] / r["recipe"], 15, primary))
+        if r["tkv"]:
+            checks.append(("≥ 2 × tf-keras-vis", r["cli"] / r["tkv"], 2, primary))
+        for name, ratio, goal, is_goal in checks:
+            verdict = ("met" if ratio >= goal else "MISSED") if is_goal else "(no goal)"
+            print(f"  {r['model']:<14} {name:<26} {ratio:6.2f}  {verdict}")
+        print(f"  {r['model']:<14} {'peak RSS < 1.5 GB':<26} {r['rss']:6.2f}  "
+              f"{'met' if r['rss'] < 1.5 else 'MISSED'}")
+        print(f"  {r['model']:<14} {'explain one.jpg ≤ 6.5 s':<26} {r['one']:6.2f}  "
+              f"{'met' if r['one'] <= 6.5 else 'MISSED'}")
+    print(f"  {'camcli --help < 0.5 s':<41} {help_seconds:6.2f}  "
+          f"{'met' if help_seconds < 0.5 else 'MISSED'}")
+    if precisions:
+        print("\nReduced precision, side by side (images/s; ratios to the float32 F):\n")
+        print("| model | precision | forward | API | CLI | forward / F | API / F | CLI / F |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in rows:
+            for precision, rates in {"float32": r, **r["reduced"]}.items():
+                print(f"| {r['model']} | {precision} | {rates['F']:.1f} | {rates['api']:.1f} "
+                      f"| {rates['cli']:.1f} | {rates['F'] / r['F']:.2f} | "
+                      f"{rates['api'] / r['F']:.2f} | {rates['cli'] / r['F']:.2f} |")
+    print("\nWhere the API run's time went (seconds summed over threads; wall time first):")
+    for r in rows:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in r["stats"].seconds.items())
+        print(f"  {r['model']:<14} wall {r['api_seconds']:.2f}: {parts}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
@@ -257,9 +341,6 @@ def main() -> int:
     import_quietly()
     import keras
     import tensorflow as tf
-
-    from camcli import registry
-    from camcli.api import Explainer
 
     work = Path(tempfile.mkdtemp(prefix="camcli-bench-"))
     try:
@@ -283,81 +364,9 @@ def main() -> int:
         help_seconds = min(timed(lambda: subprocess.run(CAMCLI + ["--help"], check=True,
                                                          capture_output=True))
                            for _ in range(3))
-        rows = []
-        for model in args.models:
-            spec = registry.get_spec(model)
-            explainer = Explainer(model=model, weights="none", batch_size=args.batch_size)
-            weights_file = work / f"{model}.weights.h5"
-            explainer.loaded.model.save_weights(weights_file)
-            layer_hw = tuple(explainer.loaded.layer.output.shape[1:3])
-
-            F = forward_rate(explainer, paths, args.batch_size)
-            R = output_rate(paths, work / "r-out", layer_hw)
-            ideal = 1 / (1 / F + 1 / R)
-            api, stats, api_seconds = api_rate(explainer, work / "large")
-            cli, rss = cli_rate(model, small, work / "large", n_small, len(paths))
-            one_seconds, _ = run_cli(["explain", str(paths[0]), "--model", model,
-                                      "--weights", str(weights_file), "-q"])
-            reduced = {}
-            for precision in args.precisions:
-                other = Explainer(model=model, weights="none", batch_size=args.batch_size,
-                                  precision=precision)
-                reduced[precision] = dict(
-                    F=forward_rate(other, paths, args.batch_size),
-                    api=api_rate(other, work / "large")[0],
-                    cli=cli_rate(model, small, work / "large", n_small, len(paths),
-                                 extra=("--precision", precision))[0],
-                )
-                del other
-            recipe = recipe_rate(model, paths[: args.recipe_images], work / "recipe")
-            tkv = tfkerasvis_rate(model, paths[: 2 * args.batch_size], args.batch_size)
-            keras.backend.clear_session()
-            rows.append(dict(model=spec.name, F=F, R=R, ideal=ideal, api=api, cli=cli, rss=rss,
-                             recipe=recipe, tkv=tkv, one=one_seconds, stats=stats,
-                             api_seconds=api_seconds, reduced=reduced))
-
-        print("| model | F forward | R output | ideal 1/(1/F+1/R) | camcli API | camcli CLI "
-              "| per-image recipe | tf-keras-vis (compute) | CLI peak RSS |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for r in rows:
-            tkv = f"{r['tkv']:.1f}" if r["tkv"] else "not installed"
-            print(f"| {r['model']} | {r['F']:.1f} | {r['R']:.1f} | {r['ideal']:.1f} | "
-                  f"{r['api']:.1f} | {r['cli']:.1f} | {r['recipe']:.2f} | {tkv} | "
-                  f"{r['rss']:.2f} GB |")
-        print("\n(images/s)\n\nGoals (CLI rate; the issue sets the F, recipe and tf-keras-vis "
-              "ratios for resnet50 only):")
-        for r in rows:
-            checks = [("≥ 0.85 × ideal", r["cli"] / r["ideal"], 0.85, True)]
-            primary = r["model"] == "resnet50"
-            checks.append(("≥ 0.5 × F", r["cli"] / r["F"], 0.5, primary))
-            checks.append(("≥ 0.70 × F", r["cli"] / r["F"], 0.70, primary))
-            for precision, rates in r["reduced"].items():
-                checks.append((f"{precision} ≥ 1.0 × F", rates["cli"] / r["F"], 1.0, primary))
-            checks.append(("≥ 15 × per-image recipe", r["cli"] / r["recipe"], 15, primary))
-            if r["tkv"]:
-                checks.append(("≥ 2 × tf-keras-vis", r["cli"] / r["tkv"], 2, primary))
-            for name, ratio, goal, is_goal in checks:
-                verdict = ("met" if ratio >= goal else "MISSED") if is_goal else "(no goal)"
-                print(f"  {r['model']:<14} {name:<26} {ratio:6.2f}  {verdict}")
-            print(f"  {r['model']:<14} {'peak RSS < 1.5 GB':<26} {r['rss']:6.2f}  "
-                  f"{'met' if r['rss'] < 1.5 else 'MISSED'}")
-            print(f"  {r['model']:<14} {'explain one.jpg ≤ 6.5 s':<26} {r['one']:6.2f}  "
-                  f"{'met' if r['one'] <= 6.5 else 'MISSED'}")
-        print(f"  {'camcli --help < 0.5 s':<41} {help_seconds:6.2f}  "
-              f"{'met' if help_seconds < 0.5 else 'MISSED'}")
-        if args.precisions:
-            print("\nReduced precision, side by side (images/s; ratios to the float32 F):\n")
-            print("| model | precision | forward | API | CLI | forward / F | API / F | CLI / F |")
-            print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-            for r in rows:
-                for precision, rates in {"float32": r, **r["reduced"]}.items():
-                    print(f"| {r['model']} | {precision} | {rates['F']:.1f} | {rates['api']:.1f} "
-                          f"| {rates['cli']:.1f} | {rates['F'] / r['F']:.2f} | "
-                          f"{rates['api'] / r['F']:.2f} | {rates['cli'] / r['F']:.2f} |")
-        print("\nWhere the API run's time went (seconds summed over threads; wall time first):")
-        for r in rows:
-            parts = ", ".join(f"{k} {v:.2f}" for k, v in r["stats"].seconds.items())
-            print(f"  {r['model']:<14} wall {r['api_seconds']:.2f}: {parts}")
+        rows = [measure_model(model, args, work, paths, small, n_small)
+                for model in args.models]
+        print_report(rows, help_seconds, args.precisions)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
         print(f"\n(this benchmark process peaked at {peak:.2f} GB)")
     finally:
