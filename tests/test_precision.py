@@ -24,7 +24,6 @@ from camcli import precision as precisions
 from camcli.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
-WEIGHTS_NAME = "mobilenet_v1_0.25_224_imagenet.weights.h5"
 MIN_MEAN_R, MIN_R, MIN_TOP1_SAME = 0.99, 0.95, 0.99
 #: A float32 top-1/top-2 logit margin above the bfloat16 logit error (measured: 0.3 on average).
 CLEAR_MARGIN = 1.0
@@ -197,15 +196,6 @@ def _photo_variants(size: int) -> np.ndarray:
     return np.stack(views)
 
 
-def _real_weights() -> Path:
-    """The fixture weights in ``shared/fixtures`` beside the checkout (or a worktree's)."""
-    for folder in REPO.parents:
-        candidate = folder / "shared" / "fixtures" / WEIGHTS_NAME
-        if candidate.is_file():
-            return candidate
-    pytest.skip(f"real weights {WEIGHTS_NAME} not found in shared/fixtures above {REPO}")
-
-
 def _maps_of_classes(explainer, pixels: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Each image's map of its own given class."""
     from camcli.engine import Engine, Targets
@@ -225,7 +215,7 @@ def test_reduced_precision_fidelity_on_real_imagenet_weights():
     given class moves little. float16 (11 significant bits against 8) meets the goals."""
     from camcli.api import Explainer
 
-    weights = str(_real_weights())
+    weights = "imagenet"  # the bundled MobileNet v1 0.25 weights: no download
     pixels = _photo_variants(224)
     explainers = {name: Explainer(model="mobilenet_v1_0.25_224", weights=weights, precision=name)
                   for name in ("float32", "bfloat16", "float16")}
