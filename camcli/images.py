@@ -163,7 +163,7 @@ def read_for_model(
         if image.format == "JPEG":
             side = max(height, width)  # draft keeps at least this much in both directions
             image.draft("RGB" if channels == 3 else "L", (side, side))
-        image = to_mode(ImageOps.exif_transpose(image), channels)
+        image = decode_frame(image, channels)
         resized = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
         pixels = np.asarray(resized, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as exc:
@@ -222,32 +222,73 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in _ROTATING_ORIENTATIONS else (width, height)
 
 
-def to_mode(image: Image.Image, channels: int = 3) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB (or L for one channel).
+def decode_frame(image: Image.Image, channels: int = 3) -> Image.Image:
+    """The picture the model and the overlay both see: the first frame, upright, decoded.
 
-    Transparency is composited on white, 16-bit and float images are scaled to 8 bits, CMYK
-    and palettes are converted; animated images keep their first frame.
+    One function for both, so they never differ: multi-frame files (TIFF, GIF, APNG, MPO) give
+    their first frame, the EXIF orientation is applied, and :func:`to_mode` makes 8-bit RGB
+    (or L). Decoding errors surface here (OSError, ValueError, SyntaxError), not later.
+    """
+    if image.tell() != 0:
+        image.seek(0)
+    image = to_mode(ImageOps.exif_transpose(image), channels)
+    image.load()
+    return image
+
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def to_mode(image: Image.Image, channels: int = 3) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (or L for one channel), with nothing transparent.
+
+    Transparency in any form (an alpha band, a palette's alpha, or one transparent colour in a
+    ``tRNS`` chunk of a 1-bit, grey, 16-bit, RGB or palette image) is composited on white;
+    16-bit and float images are scaled to 8 bits; CMYK, YCbCr, LAB, HSV, RGBX and palettes are
+    converted. The result carries no ``transparency`` entry, so nothing drawn from it inherits
+    one (an RGB overlay with an integer ``transparency`` cannot even be saved as PNG).
     """
     target = "RGB" if channels == 3 else "L"
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode in ("I", "F") or image.mode in _SIXTEEN_BIT:
+        image = _eight_bit_grey(image)
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        if image.mode == "La":  # premultiplied grey converts only to LA
+            image = image.convert("LA")
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
-    elif image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    return image if image.mode == target else image.convert(target)
+    if image.mode not in (target, "L"):  # through RGB: some modes (LAB) convert only to RGB
+        image = image.convert("RGB")
+    if image.mode != target:
+        image = image.convert(target)
+    image.info.pop("transparency", None)
+    return image
+
+
+def _eight_bit_grey(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float image as 8-bit L (LA if it had a transparent value).
+
+    16-bit images are scaled from their 16-bit range; ``I`` and ``F`` from 0-65535 when a
+    value exceeds 255 and from 0-255 otherwise.
+    """
+    array = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode in _SIXTEEN_BIT or array.max(initial=0) > 255 else 255.0
+    grey = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    transparent = image.info.get("transparency")
+    if not isinstance(transparent, int):
+        return grey
+    alpha = np.where(np.asarray(image) == transparent, 0, 255).astype(np.uint8)
+    return Image.merge("LA", (grey, Image.fromarray(alpha)))
 
 
 def read_full(data: bytes, max_side: int | None = None) -> Image.Image:
-    """The upright RGB image at full resolution (or with its longer side capped at ``max_side``)."""
+    """The upright RGB image at full resolution (or with its longer side capped at ``max_side``),
+    decoded by :func:`decode_frame` as the model's view was."""
     image = Image.open(io.BytesIO(data))
     if max_side and image.format == "JPEG":
         image.draft("RGB", (max_side, max_side))
-    image = to_mode(ImageOps.exif_transpose(image), 3)
+    image = decode_frame(image, 3)
     if max_side and max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return image

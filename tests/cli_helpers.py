@@ -61,3 +61,25 @@ def why_file_privileges_stay() -> str | None:
     except (subprocess.SubprocessError, OSError) as exc:
         return f"running as root and cannot drop CAP_DAC_OVERRIDE here: {exc}"
     return None
+
+
+def run_explain(args, cwd: Path, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
+    """``camcli explain *args`` in ``cwd``, offline, output captured as text."""
+    assert CAMCLI.exists(), f"the camcli entry point is not installed at {CAMCLI}"
+    return subprocess.run(
+        [str(CAMCLI), "explain", *args],
+        cwd=cwd,
+        env=offline_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def start_explain(args, cwd: Path, **kwargs) -> subprocess.Popen:
+    """``camcli explain *args`` started in ``cwd``, offline; the caller waits for it."""
+    assert CAMCLI.exists(), f"the camcli entry point is not installed at {CAMCLI}"
+    return subprocess.Popen(
+        [str(CAMCLI), "explain", *args], cwd=cwd, env=offline_env(cwd), text=True, **kwargs
+    )
