@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from camcli import __version__
+from camcli import __version__, native_stderr
 from camcli import options as opt
 from camcli.errors import CamcliError, ExitStatus
 
@@ -153,6 +153,7 @@ class _Session:
     def __init__(self, options: dict, stop_on_signals: bool = True):
         self.debug, self.quiet = options["debug"], options["quiet"]
         _quiet_tensorflow(self.debug, options["threads"])
+        native_stderr.capture(show=self.debug)  # C libraries' warnings: only with --debug
         self.started = time.perf_counter()
         # Before loading: a signal then ends the run before it starts. Without it, SIGINT is
         # Python's KeyboardInterrupt, which ends the command at once.

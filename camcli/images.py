@@ -158,11 +158,13 @@ def read_for_model(
     data = read_bytes(path)
     height, width = size
     image = open_image(path, data, max_pixels)
-    upright = _upright_size(image)
+    declared = image.size
     try:
         if image.format == "JPEG":
             side = max(height, width)  # draft keeps at least this much in both directions
             image.draft("RGB" if channels == 3 else "L", (side, side))
+        image.load()  # before reading EXIF, which may load it and must not hide its errors
+        upright = _upright_size(image, declared)
         image = decode_frame(image, channels)
         resized = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
         pixels = np.asarray(resized, dtype=np.uint8)
@@ -213,8 +215,8 @@ def open_image(path: Path, data: bytes, max_pixels: int | None) -> Image.Image:
     return image
 
 
-def _upright_size(image: Image.Image) -> tuple[int, int]:
-    width, height = image.size
+def _upright_size(image: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
+    width, height = size
     try:
         orientation = image.getexif().get(0x0112)
     except Exception:  # a broken EXIF block only loses the rotation

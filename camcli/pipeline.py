@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camcli import __version__, images, render, storage
+from camcli import __version__, images, native_stderr, render, storage
 from camcli.errors import UsageError
 from camcli.heatmaps import map_stats
 from camcli.outputs import (
@@ -269,8 +269,8 @@ class Pipeline:
             )
             written = ()
             if self.options.write:
+                record_file = (self.paths(item.path).record, _record_bytes(record))
                 with self.stats.time("write"):
-                    record_file = (self.paths(item.path).record, to_json_bytes(record))
                     written = write_outputs(files, record_file, protect=item.path)
         except _Stage as failure:
             return ImageResult.failed(item.path, failure.reason, failure.cause)
@@ -314,7 +314,7 @@ class Pipeline:
     def _full_image(self, item):
         """The full-resolution picture the overlay is drawn on, from the bytes the model saw."""
         try:
-            with self.stats.time("decode"):
+            with self.stats.time("decode"), native_stderr.decoding(item.path):
                 return images.read_full(item.data, self.options.max_overlay_side)
         except Exception as exc:  # truncated or broken beyond what the model's decode read
             raise _Stage(f"cannot decode image at full resolution: {_describe(exc)}", exc) from exc
@@ -324,10 +324,21 @@ class Pipeline:
         try:
             with self.stats.time("render"):
                 picture = render.overlay(full, cam, options.colormap, options.alpha)
+        except Exception as exc:
+            raise _Stage(f"cannot draw the overlay: {_describe(exc)}", exc) from exc
+        try:
             with self.stats.time("encode"):
                 return render.encode(picture, options.overlay_format)
         except Exception as exc:
-            raise _Stage(f"cannot draw the overlay: {_describe(exc)}", exc) from exc
+            fmt = options.overlay_format.upper()
+            raise _Stage(f"cannot encode the overlay as {fmt}: {_describe(exc)}", exc) from exc
+
+
+def _record_bytes(record: dict) -> bytes:
+    try:
+        return to_json_bytes(record)
+    except (TypeError, ValueError) as exc:  # e.g. a NaN score: not JSON
+        raise _Stage(f"cannot encode the JSON record: {_describe(exc)}", exc) from exc
 
 
 def _describe(exc: BaseException) -> str:

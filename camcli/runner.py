@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from camcli import images, storage
+from camcli import images, native_stderr, storage
 from camcli.errors import InputError
 from camcli.outputs import is_up_to_date
 from camcli.pipeline import EAGER_MAX_IMAGES, ImageResult, Pipeline
@@ -124,7 +124,7 @@ def _decoder(pipeline: Pipeline, inputs: Inputs):
         ):
             return _SKIPPED
         try:
-            with pipeline.stats.time("decode"):
+            with pipeline.stats.time("decode"), native_stderr.decoding(path):
                 return images.read_for_model(path, size, loaded.channels, inputs.max_pixels)
         except InputError as exc:
             return exc

@@ -1,0 +1,66 @@
+"""C libraries' own warnings stay off stderr, through the real ``camcli`` command.
+
+libtiff (inside Pillow) prints ``Fax4Decode: Bad code word …`` straight to file descriptor 2
+when a CCITT group 4 strip has a broken code word, yet the image still loads. A run over such a
+file keeps stderr to camcli's lines; with ``--debug`` the warnings appear as ``camcli: debug:``
+lines naming the input being decoded.
+
+Random weights (``--weights none``) and a dead proxy: nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+from cli_helpers import SMALL_MODEL, WARNING, run_explain
+from cli_helpers import nonblank_lines as _lines
+from PIL import Image
+
+NOISE = "Fax4Decode"
+
+
+def _noisy_tiff() -> bytes:
+    """A 1-bit group 4 TIFF whose first strip byte is 0xFF: libtiff warns, Pillow loads it."""
+    rng = np.random.default_rng(0)
+    bits = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).convert("1")
+    buffer = io.BytesIO()
+    bits.save(buffer, "TIFF", compression="group4")
+    data = bytearray(buffer.getvalue())
+    data[8] = 0xFF  # Pillow writes the strip right after the 8-byte header
+    return bytes(data)
+
+
+def _inputs(tmp_path):
+    (tmp_path / "noisy.tif").write_bytes(_noisy_tiff())
+    Image.new("RGB", (50, 40), (20, 120, 200)).save(tmp_path / "plain.png")
+    loading = "from PIL import Image; im = Image.open('noisy.tif'); im.load(); print(im.size)"
+    plain = subprocess.run(
+        [sys.executable, "-c", loading], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert NOISE in plain.stderr, "precondition: this file makes libtiff write to fd 2"
+    assert plain.stdout.strip() == "(80, 60)"
+
+
+def test_c_library_warnings_never_reach_stderr(tmp_path):
+    _inputs(tmp_path)
+    run = run_explain(["noisy.tif", "plain.png", *SMALL_MODEL], tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = _lines(run.stderr)
+    assert lines[0] == WARNING
+    assert lines[1].startswith("camcli: 2 done, 0 failed in ")
+    assert len(lines) == 2, run.stderr
+    assert (tmp_path / "noisy.tif.cam.png").is_file()
+
+
+def test_debug_shows_them_attached_to_the_input(tmp_path):
+    _inputs(tmp_path)
+    run = run_explain(["noisy.tif", "plain.png", "--debug", *SMALL_MODEL], tmp_path)
+    assert run.returncode == 0, run.stderr
+    noisy = [line for line in _lines(run.stderr) if NOISE in line]
+    assert noisy, run.stderr
+    for line in noisy:
+        assert line.startswith("camcli: debug: "), line
+        assert "noisy.tif" in line.split(NOISE)[0], line  # named before the library's words
