@@ -204,7 +204,10 @@ class _Session:
             return int(ExitStatus.SOME_FAILED)
         except Exception as exc:
             progress.close()
-            raise _fail(exc, self.debug) from None
+            error = _fail(exc, self.debug)
+            if isinstance(exc, CamcliError):  # the run stopped itself (a full disk): the count
+                _summary(counts, self.started, self.quiet)
+            raise error from None
         progress.close()
         _summary(counts, self.started, self.quiet, self.stop.is_set(), inputs())
         if self.stop.is_set():

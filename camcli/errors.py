@@ -49,3 +49,10 @@ class InputError(CamcliError):
     def __init__(self, path: str, reason: str):
         self.path, self.reason = str(path), reason
         super().__init__(f"{path}: {reason}")
+
+
+class OutputsFullError(CamcliError):
+    """Writes keep failing for lack of space (a full disk or quota, a file-size limit): the run
+    stops instead of failing every remaining input the same way."""
+
+    exit_status = ExitStatus.SOME_FAILED

@@ -9,12 +9,14 @@ so ``cat.jpg`` and ``cat.png`` never write the same file:
 - ``cat.jpg.cam.281_tabby.png``        one overlay per class, when several are explained
 - ``cat.jpg.cam.npy`` / ``cat.jpg.cam.281_tabby.npy``   raw maps with ``--save-heatmap``
 
-Files matching these patterns are camcli's own and are never taken as inputs.
+Files matching these patterns are camcli's own and are never taken as inputs, nor are the
+hidden ``.cat.jpg.cam.lock`` files that exist while a run writes an input's outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +32,7 @@ OUTPUT_TAG = ".cam"
 # An output name is an input's full name (with its extension) + ".cam" [+ ".<index>_<label>"]
 # + a suffix; requiring the input's extension keeps user files like "door.cam.jpg" as inputs.
 _OUTPUT_NAME = re.compile(
-    r"\.[A-Za-z0-9]{1,5}\.cam(\.\d+_[\w-]*)?\.(json|png|jpg|webp|npy)$", re.IGNORECASE
+    r"\.[A-Za-z0-9]{1,5}\.cam(\.\d+_[\w-]*)?\.(json|png|jpg|webp|npy|lock)$", re.IGNORECASE
 )
 TEMP_SUFFIX = ".camcli-tmp"
 # Read once, at import: outputs get the mode open() would give them, not mkstemp's private 0600.
@@ -78,6 +80,11 @@ class OutputPaths:
     def record(self) -> Path:
         return self._with(f"{OUTPUT_TAG}.json")
 
+    @property
+    def lock(self) -> Path:
+        """A hidden file, present only while a run writes this output set (see :func:`locked`)."""
+        return self.base.with_name(f".{self.base.name}{OUTPUT_TAG}.lock")
+
     def overlay(self, index: int, label: str, several: bool, fmt: str = "png") -> Path:
         return self._with(self._class_part(index, label, several) + f".{fmt}")
 
@@ -104,6 +111,37 @@ def atomic_write(path: Path, data: bytes, protect: Path | None = None) -> None:
     replace_atomically(path, data)
 
 
+@contextlib.contextmanager
+def locked(paths: OutputPaths):
+    """Hold an exclusive lock on one input's output set, across processes and threads.
+
+    Two runs writing the same outputs (a rerun while one is going, overlapping shards) take
+    turns per input, so a record never names another run's files. The lock is ``flock`` on
+    :attr:`OutputPaths.lock`, which the holder deletes before releasing it; a waiter that then
+    gets the lock of a deleted file tries again on the new one.
+    """
+    path = paths.lock
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_UMASK)
+        except OSError as exc:  # name the record, not the lock file
+            raise OSError(exc.errno, exc.strerror, str(paths.record)) from exc
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
 def replace_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename,
     without :func:`atomic_write`'s guards (for files of fixed names, such as audit reports)."""
@@ -119,9 +157,11 @@ def replace_atomically(path: Path, data: bytes) -> None:
             handle.write(data)
         os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+        if isinstance(exc, OSError) and exc.errno:  # e.g. ENOSPC: name the output it was for
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

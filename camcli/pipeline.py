@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -35,6 +36,7 @@ from camcli.outputs import (
     OutputPaths,
     atomic_write,
     is_camcli_output,
+    locked,
     settings_fingerprint,
     sha256,
     to_json_bytes,
@@ -197,17 +199,37 @@ def build_record(
     }
 
 
-def write_outputs(files: Iterable[tuple[Path, bytes]], record: tuple[Path, bytes], protect: Path):
+def write_outputs(
+    files: Iterable[tuple[Path, bytes]], record: tuple[Path, bytes], protect: Path, lock=None
+):
     """Write each ``(path, bytes)`` atomically, then the record: its presence means every file
-    it names is complete. ``protect`` (the input) is never overwritten. Returns the paths.
-    A URL is put whole, in one call (:func:`camcli.storage.put`)."""
-    written = []
-    for path, data in [*files, record]:
-        if storage.is_url(path):
+    it names is complete and is the one it names. ``protect`` (the input) is never overwritten.
+    Returns the paths. A URL is put whole, in one call (:func:`camcli.storage.put`).
+
+    ``lock`` (the input's :class:`OutputPaths`) makes another run wait while this one writes
+    a local set. An earlier record is removed first, so a set half replaced has no record;
+    when a write fails (a full disk), the files this call wrote are removed again: nothing is
+    left that no record names.
+    """
+    if storage.is_url(record[0]):
+        for path, data in [*files, record]:
             storage.put(path, data, protect, replaceable=is_camcli_output(path.name))
-        else:
-            atomic_write(path, data, protect=None if storage.is_url(protect) else protect)
-        written.append(path)
+        return tuple(path for path, _ in [*files, record])
+    protect = None if storage.is_url(protect) else protect
+    written: list[Path] = []
+    with locked(lock) if lock is not None else contextlib.nullcontext():
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if protect is None or not os.path.samefile(record[0], protect):
+                    os.unlink(record[0])
+            for path, data in [*files, record]:
+                atomic_write(path, data, protect=protect)
+                written.append(path)
+        except BaseException:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
     return tuple(written)
 
 
@@ -271,7 +293,9 @@ class Pipeline:
             if self.options.write:
                 record_file = (self.paths(item.path).record, _record_bytes(record))
                 with self.stats.time("write"):
-                    written = write_outputs(files, record_file, protect=item.path)
+                    written = write_outputs(
+                        files, record_file, protect=item.path, lock=self.paths(item.path)
+                    )
         except _Stage as failure:
             return ImageResult.failed(item.path, failure.reason, failure.cause)
         except OSError as exc:
@@ -295,19 +319,22 @@ class Pipeline:
                 "probability": float(probabilities[index]),
                 "empty": bool(output.empty[i, k]),
                 "overlay": None,
+                "overlay_sha256": None,
                 "heatmap": None,
+                "heatmap_sha256": None,
                 **map_stats(cams[k], *item.size).to_json(),
             }
             if options.write:
                 overlay_path = paths.overlay(index, label, several, options.overlay_format)
                 files.append((overlay_path, self._overlay(full, cams[k])))
-                entry["overlay"] = overlay_path.name
+                entry["overlay"], entry["overlay_sha256"] = overlay_path.name, sha256(files[-1][1])
                 if options.save_heatmap:
                     heatmap_path = paths.heatmap(index, label, several)
                     buffer = io.BytesIO()
                     np.save(buffer, cams[k])
                     files.append((heatmap_path, buffer.getvalue()))
                     entry["heatmap"] = heatmap_path.name
+                    entry["heatmap_sha256"] = sha256(files[-1][1])
             entries.append(entry)
         return entries, files
 

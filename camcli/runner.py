@@ -11,6 +11,7 @@ This module knows how inputs are found and scheduled; what happens to a batch is
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import threading
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from camcli import images, native_stderr, storage
-from camcli.errors import InputError
+from camcli.errors import InputError, OutputsFullError
 from camcli.outputs import is_up_to_date
 from camcli.pipeline import EAGER_MAX_IMAGES, ImageResult, Pipeline
 from camcli.sharding import Shard, select
@@ -61,6 +62,12 @@ class Inputs:
         return itertools.chain(first, found), compiled, remote
 
 
+#: Writes failing for lack of space this many times in a row (no write succeeding between)
+#: stop the run with :class:`OutputsFullError`: a full disk fails every input the same way.
+STOP_AFTER_FULL_WRITES = 3
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
 def run_local(
     pipeline: Pipeline,
     inputs: Inputs,
@@ -68,7 +75,33 @@ def run_local(
     workers: int | None = None,
     stop: threading.Event | None = None,
 ) -> Iterator[ImageResult]:
-    """Explain every input, yielding one result per input (see :meth:`Explainer.run`)."""
+    """Explain every input, yielding one result per input (see :meth:`Explainer.run`).
+
+    Raises :class:`OutputsFullError` after :data:`STOP_AFTER_FULL_WRITES` inputs in a row
+    failed to write for lack of space; the inputs still in flight are dropped unwritten.
+    """
+    return _stop_when_full(_run(pipeline, inputs, batch_size, workers, stop))
+
+
+def _stop_when_full(results: Iterator[ImageResult]) -> Iterator[ImageResult]:
+    """The one place of the full-disk policy: pass results on, stop after a streak of them."""
+    streak = 0
+    for result in results:
+        yield result
+        if result.ok and not result.skipped:
+            streak = 0
+        elif not result.ok and getattr(result.exception, "errno", None) in _NO_SPACE:
+            streak += 1
+            if streak >= STOP_AFTER_FULL_WRITES:
+                results.close()
+                raise OutputsFullError(
+                    f"stopped: {streak} inputs in a row could not be written "
+                    f"({result.exception.strerror}); free some space and rerun with "
+                    "--skip-existing to do what is missing"
+                )
+
+
+def _run(pipeline, inputs, batch_size, workers, stop) -> Iterator[ImageResult]:
     found, compiled, remote = inputs.discover(pipeline.stats)
     workers = workers or max(1, os.cpu_count() or 1)
     remote_out = storage.is_url(pipeline.options.out_dir)
@@ -95,22 +128,26 @@ def run_local(
                     result = pending.popleft().result()
                 yield result
 
-        for path, decoded in _prefetch(decoders, decode, found, depth, pipeline.stats):
-            if stop is not None and stop.is_set():
-                decoders.shutdown(wait=False, cancel_futures=True)
-                break
-            if decoded is _SKIPPED:
-                yield ImageResult(path, ok=True, skipped=True)
-            elif isinstance(decoded, InputError):
-                yield ImageResult.failed(decoded.path, decoded.reason, decoded)
-            else:
-                batch.append(decoded)
-                if len(batch) == batch_size:
-                    yield from flush()
-        if batch:
-            yield from flush()
-        while pending:
-            yield pending.popleft().result()
+        try:
+            for path, decoded in _prefetch(decoders, decode, found, depth, pipeline.stats):
+                if stop is not None and stop.is_set():
+                    decoders.shutdown(wait=False, cancel_futures=True)
+                    break
+                if decoded is _SKIPPED:
+                    yield ImageResult(path, ok=True, skipped=True)
+                elif isinstance(decoded, InputError):
+                    yield ImageResult.failed(decoded.path, decoded.reason, decoded)
+                else:
+                    batch.append(decoded)
+                    if len(batch) == batch_size:
+                        yield from flush()
+            if batch:
+                yield from flush()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # closed early (a full disk): drop the work not yet started
+            decoders.shutdown(wait=False, cancel_futures=True)
+            writers.shutdown(wait=False, cancel_futures=True)
 
 
 def _decoder(pipeline: Pipeline, inputs: Inputs):
