@@ -8,10 +8,14 @@ Keras cache is a fresh folder.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from camcli.outputs import is_camcli_output
 
 CAMCLI = Path(sys.executable).with_name("camcli")
 DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: connections are refused at once
@@ -83,3 +87,25 @@ def start_explain(args, cwd: Path, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [str(CAMCLI), "explain", *args], cwd=cwd, env=offline_env(cwd), text=True, **kwargs
     )
+
+
+def check_output_sets(folder: Path) -> dict[str, dict]:
+    """Every record names files that exist with the bytes it hashed; every output file has a
+    record; no temporary or lock file is left. Returns record name -> record."""
+    found = list(folder.rglob("*.cam.json"))
+    records = {p.name: json.loads(p.read_bytes()) for p in found}
+    folders = {p.name: p.parent for p in found}
+    named = set()
+    for name, record in records.items():
+        for entry in record["explanations"]:
+            for key in ("overlay", "heatmap"):
+                if entry[key]:
+                    path = folders[name] / entry[key]
+                    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                    assert digest == entry[f"{key}_sha256"], f"{name}: {key} is not its own"
+                    named.add(path.name)
+    others = {p.name for p in folder.rglob("*") if p.is_file() and is_camcli_output(p.name)}
+    assert others - named - set(records) == set(), "files no record names (partial outputs)"
+    leftovers = [p.name for p in folder.rglob(".*")]
+    assert leftovers == [], f"temporary or lock files left: {leftovers}"
+    return records

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import SMALL_MODEL, WARNING, run_explain
+from cli_helpers import SMALL_MODEL, WARNING, check_output_sets, run_explain
 from cli_helpers import nonblank_lines as _lines
 from PIL import Image
 
-from camcli.outputs import sha256
 from camcli.runner import STOP_AFTER_FULL_WRITES
 
 FILE_LIMIT = 200_000  # bytes: a noise overlay of 400x300 is ~360 kB, a flat one ~1 kB
@@ -38,25 +37,6 @@ def _noise(path: Path, size=(400, 300), seed=0):
 def _limit_file_size():  # a preexec_fn: in the child, before exec
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
-
-
-def check_output_sets(folder: Path) -> dict[str, dict]:
-    """Every record names files that exist with the bytes it hashed; every output file has a
-    record; no temporary or lock file is left. Returns record name -> record."""
-    records = {p.name: json.loads(p.read_bytes()) for p in folder.rglob("*.cam.json")}
-    named = set()
-    for name, record in records.items():
-        for entry in record["explanations"]:
-            for key in ("overlay", "heatmap"):
-                if entry[key]:
-                    path = folder.rglob(entry[key]).__next__()
-                    assert sha256(path.read_bytes()) == entry[f"{key}_sha256"], (name, key)
-                    named.add(path.name)
-    others = {p.name for p in folder.rglob("*") if p.is_file() and ".cam" in p.name}
-    assert others - named - set(records) == set(), "files no record names (partial outputs)"
-    leftovers = [p.name for p in folder.rglob(".*")]
-    assert leftovers == [], f"temporary or lock files left: {leftovers}"
-    return records
 
 
 def test_a_file_size_limit_fails_only_the_inputs_too_large(tmp_path):
