@@ -122,9 +122,14 @@ class _Capture:
 
 def capture(show: bool = False) -> None:
     """Send native writes to fd 2 into the pipe for the rest of the process (see the module
-    doc); ``show`` prints them as debug lines. Calling it again changes nothing."""
+    doc); ``show`` prints them as debug lines. Calling it again changes nothing, nor does
+    calling it when ``sys.stderr`` is not fd 2 (whoever replaced it handles stderr)."""
     global _active
-    if _active is not None:
+    try:
+        direct = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # e.g. a test runner's in-memory stream
+        direct = False
+    if _active is not None or not direct:
         return
     _active = _Capture(show)
     atexit.register(_active.stop)

@@ -99,7 +99,9 @@ def test_sigkill_mid_run_then_skip_existing_makes_exactly_the_missing_outputs(tm
     complete = _check_complete(imgs)
     assert 12 <= len(complete) < COUNT, f"not killed part-way: {len(complete)} records"
     leftovers = _temporaries(imgs, inputs)
-    assert all(n.startswith(".") and n.endswith(".camcli-tmp") for n in leftovers), leftovers
+    assert all(  # temporaries, and the lock of an output set being written (empty)
+        n.startswith(".") and n.endswith((".camcli-tmp", ".cam.lock")) for n in leftovers
+    ), leftovers
 
     # Damage an earlier crash (or a non-atomic tool) could have left, which must not be trusted:
     # a torn record for a finished input, a torn overlay for an unfinished one, a stray temporary.

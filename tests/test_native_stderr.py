@@ -64,3 +64,35 @@ def test_debug_shows_them_attached_to_the_input(tmp_path):
     for line in noisy:
         assert line.startswith("camcli: debug: "), line
         assert "noisy.tif" in line.split(NOISE)[0], line  # named before the library's words
+
+
+_SCRIPT = """
+import os, sys, threading
+from camcli import native_stderr
+native_stderr.capture(show={show})
+def decode(name):
+    with native_stderr.decoding(name):
+        os.write(2, f"native warning from {{name}}\\n".encode())
+threads = [threading.Thread(target=decode, args=(f"in{{i}}.tif",)) for i in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+os.write(2, b"native, outside any decode\\n")
+print("camcli: own line", file=sys.stderr)
+"""
+
+
+def test_native_writes_from_threads_are_named_after_their_input():
+    """In a small process (no model): each thread's write to fd 2 names its input (with any
+    other input being decoded at that moment: fd 2 is one for the whole process)."""
+    shown = subprocess.run([sys.executable, "-c", _SCRIPT.format(show=True)],
+                           capture_output=True, text=True, check=True)
+    lines = set(_lines(shown.stderr))
+    assert "camcli: own line" in lines
+    assert "camcli: debug: native, outside any decode" in lines
+    for i in range(4):
+        (line,) = [line for line in lines if line.endswith(f"native warning from in{i}.tif")]
+        named = line.removeprefix("camcli: debug: ").split(": native")[0].split(", ")
+        assert line.startswith("camcli: debug: ") and f"in{i}.tif" in named, line
+    hidden = subprocess.run([sys.executable, "-c", _SCRIPT.format(show=False)],
+                            capture_output=True, text=True, check=True)
+    assert _lines(hidden.stderr) == ["camcli: own line"]
