@@ -24,36 +24,21 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, drop_file_privileges, why_file_privileges_stay
+from cli_helpers import (
+    SMALL_MODEL,
+    WARNING,
+    drop_file_privileges,
+    run_explain,
+    start_explain,
+    why_file_privileges_stay,
+)
 from cli_helpers import nonblank_lines as _lines
-from cli_helpers import offline_env as _env
 from PIL import Image
 
 MODEL = SMALL_MODEL
 
 
-def _popen(args, cwd: Path, preexec_fn=None, **kwargs) -> subprocess.Popen:
-    assert CAMCLI.exists(), f"the camcli entry point is not installed at {CAMCLI}"
-    return subprocess.Popen(
-        [str(CAMCLI), "explain", *args],
-        cwd=cwd,
-        env=_env(cwd),
-        text=True,
-        preexec_fn=preexec_fn,
-        **kwargs,
-    )
-
-
-def _run(args, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    assert CAMCLI.exists(), f"the camcli entry point is not installed at {CAMCLI}"
-    return subprocess.run(
-        [str(CAMCLI), "explain", *args],
-        cwd=cwd,
-        env=_env(cwd),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+_run, _popen = run_explain, start_explain
 
 
 # --------------------------------------------------------------------------- file privileges

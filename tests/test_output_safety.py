@@ -23,7 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, drop_file_privileges, why_file_privileges_stay
+from cli_helpers import (
+    CAMCLI,
+    SMALL_MODEL,
+    WARNING,
+    drop_file_privileges,
+    run_explain,
+    why_file_privileges_stay,
+)
 from cli_helpers import nonblank_lines as _lines
 from cli_helpers import offline_env as _env
 from PIL import Image
@@ -33,16 +40,7 @@ GB = 1024**3
 
 
 def _run(args, cwd: Path, preexec_fn=None, timeout: float = 240) -> subprocess.CompletedProcess:
-    assert CAMCLI.exists(), f"the camcli entry point is not installed at {CAMCLI}"
-    return subprocess.run(
-        [str(CAMCLI), "explain", *args],
-        cwd=cwd,
-        env=_env(cwd),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=preexec_fn,
-    )
+    return run_explain(args, cwd, timeout, preexec_fn=preexec_fn)
 
 
 def _by_input(stdout: str) -> dict[str, dict]:
