@@ -80,11 +80,6 @@ class OutputPaths:
     def record(self) -> Path:
         return self._with(f"{OUTPUT_TAG}.json")
 
-    @property
-    def lock(self) -> Path:
-        """A hidden file, present only while a run writes this output set (see :func:`locked`)."""
-        return self.base.with_name(f".{self.base.name}{OUTPUT_TAG}.lock")
-
     def overlay(self, index: int, label: str, several: bool, fmt: str = "png") -> Path:
         return self._with(self._class_part(index, label, several) + f".{fmt}")
 
@@ -112,21 +107,23 @@ def atomic_write(path: Path, data: bytes, protect: Path | None = None) -> None:
 
 
 @contextlib.contextmanager
-def locked(paths: OutputPaths):
-    """Hold an exclusive lock on one input's output set, across processes and threads.
+def locked(record: Path, first: Path | None = None):
+    """Hold an exclusive lock on the output set of ``record``, across processes and threads.
 
     Two runs writing the same outputs (a rerun while one is going, overlapping shards) take
-    turns per input, so a record never names another run's files. The lock is ``flock`` on
-    :attr:`OutputPaths.lock`, which the holder deletes before releasing it; a waiter that then
-    gets the lock of a deleted file tries again on the new one.
+    turns per input, so a record never names another run's files. The lock is ``flock`` on a
+    hidden ``.<input>.cam.lock`` beside the record, which the holder deletes before releasing
+    it; a waiter that then holds the lock of a deleted file tries again on the new one. When
+    the lock file cannot be made (a read-only folder), the error names ``first``, the first
+    output that was to be written.
     """
-    path = paths.lock
+    path = record.with_name(f".{record.name.removesuffix('.json')}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_UMASK)
-        except OSError as exc:  # name the record, not the lock file
-            raise OSError(exc.errno, exc.strerror, str(paths.record)) from exc
+        except OSError as exc:  # name an output, not the lock file
+            raise OSError(exc.errno, exc.strerror, str(first or record)) from exc
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.path.samestat(os.fstat(fd), os.stat(path)):

@@ -199,30 +199,29 @@ def build_record(
     }
 
 
-def write_outputs(
-    files: Iterable[tuple[Path, bytes]], record: tuple[Path, bytes], protect: Path, lock=None
-):
+def write_outputs(files: Iterable[tuple[Path, bytes]], record: tuple[Path, bytes], protect: Path):
     """Write each ``(path, bytes)`` atomically, then the record: its presence means every file
     it names is complete and is the one it names. ``protect`` (the input) is never overwritten.
     Returns the paths. A URL is put whole, in one call (:func:`camcli.storage.put`).
 
-    ``lock`` (the input's :class:`OutputPaths`) makes another run wait while this one writes
-    a local set. An earlier record is removed first, so a set half replaced has no record;
-    when a write fails (a full disk), the files this call wrote are removed again: nothing is
-    left that no record names.
+    A local set is written under :func:`~camcli.outputs.locked`, so another run waits
+    meanwhile. An earlier record is removed first, so a set half replaced has no record; when
+    a write fails (a full disk), the files this call wrote are removed again: nothing is left
+    that no record names.
     """
+    outputs = [*files, record]
     if storage.is_url(record[0]):
-        for path, data in [*files, record]:
+        for path, data in outputs:
             storage.put(path, data, protect, replaceable=is_camcli_output(path.name))
-        return tuple(path for path, _ in [*files, record])
+        return tuple(path for path, _ in outputs)
     protect = None if storage.is_url(protect) else protect
     written: list[Path] = []
-    with locked(lock) if lock is not None else contextlib.nullcontext():
+    with locked(record[0], first=outputs[0][0]):
         try:
             with contextlib.suppress(FileNotFoundError):
                 if protect is None or not os.path.samefile(record[0], protect):
                     os.unlink(record[0])
-            for path, data in [*files, record]:
+            for path, data in outputs:
                 atomic_write(path, data, protect=protect)
                 written.append(path)
         except BaseException:
@@ -293,9 +292,7 @@ class Pipeline:
             if self.options.write:
                 record_file = (self.paths(item.path).record, _record_bytes(record))
                 with self.stats.time("write"):
-                    written = write_outputs(
-                        files, record_file, protect=item.path, lock=self.paths(item.path)
-                    )
+                    written = write_outputs(files, record_file, protect=item.path)
         except _Stage as failure:
             return ImageResult.failed(item.path, failure.reason, failure.cause)
         except OSError as exc:
