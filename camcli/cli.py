@@ -206,7 +206,7 @@ class _Session:
             progress.close()
             error = _fail(exc, self.debug)
             if isinstance(exc, CamcliError):  # the run stopped itself (a full disk): the count
-                _summary(counts, self.started, self.quiet)
+                _summary(counts, self.started, self.quiet, inputs=inputs())
             raise error from None
         progress.close()
         _summary(counts, self.started, self.quiet, self.stop.is_set(), inputs())
