@@ -204,7 +204,10 @@ def test_to_dict_is_json_serializable():
         "default_layer": "conv_pw_13_relu",
         "aliases": [],
         "options": {"alpha": 0.25},
+        "bundled_weights": None,  # downloaded: only mobilenet_v1_0.25_224 ships its weights
     }
+    bundled = data[_names(ALL).index("mobilenet_v1_0.25_224")]["bundled_weights"]
+    assert bundled["file"].endswith(".weights.h5") and len(bundled["sha256"]) == 64
 
 
 def test_specs_are_frozen_and_hashable():
