@@ -15,6 +15,10 @@ output replaced.
 Every compiled function is traced once per engine: input signatures leave the batch dimension
 open, so the final, partial batch reuses the trace. Runs too small to repay tracing use the
 same functions eagerly.
+
+An image's numbers do not depend on which images share its batch: the model never sees a batch
+of one (:data:`MIN_BATCH`). That is what lets a run batched differently — on Ray, with other
+``--batch-size`` values, with failed inputs taken out of other batches — write the same bytes.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ from camcli.methods import Method, Needs, get_method
 #: ``--aug-smooth``: horizontal flip × 3 scales (zoomed out and padded); maps are mapped back.
 AUGMENTATIONS = tuple((flip, scale) for flip in (False, True) for scale in (1.0, 0.875, 0.75))
 FUSIONS = ("mean", "max")
+#: The fewest images the model is called on. On CPU, TensorFlow computes a lone image with other
+#: kernels than a batch (measured with oneDNN's AVX2 kernels: logits 1e-5 apart), while every
+#: batch of two or more gives an image the same bits whatever its neighbours and position; so a
+#: lone image runs beside a copy of itself (the copy's results are dropped).
+MIN_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -141,16 +150,20 @@ class Engine:
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
         """The class scores (pre-activation logits) of a preprocessed batch, no maps."""
-        return _numpy(self._forward(tf.convert_to_tensor(np.asarray(batch, np.float32))))
+        return _batched(self._forward, np.asarray(batch, np.float32))
 
     # ----------------------------------------------------------------- one pass
 
     def _maps(self, batch: np.ndarray, forced: np.ndarray):
         """Logits, targets, scores and per-layer-normalised, fused maps ``(n, k, h, w)``."""
+        n = len(batch)
         logits, targets, scores, activations, gradients = (
-            _numpy(t) for t in self._step(tf.convert_to_tensor(batch), tf.constant(forced))
+            _numpy(t) for t in self._step(tf.constant(_padded(batch)), tf.constant(_padded(forced)))
         )
-        n, k = targets.shape
+        if len(targets) > n:  # the copy of a lone image: dropped
+            logits, targets, scores = logits[:n], targets[:n], scores[:n]
+            activations, gradients = [a[:n] for a in activations], [g[:, :n] for g in gradients]
+        k = targets.shape[1]
         per_layer = []
         for index, a in enumerate(activations):
             evidence = self._evidence(index, batch, a, gradients, targets)
@@ -250,7 +263,7 @@ class Engine:
             low = masks.min(axis=(1, 2, 3), keepdims=True)
             span = masks.max(axis=(1, 2, 3), keepdims=True) - low
             masks = np.where(span > 0, (masks - low) / np.where(span > 0, span, 1), 0.0)
-            logits = _numpy(self._forward(tf.constant(batch[images] * masks, tf.float32)))
+            logits = _batched(self._forward, (batch[images] * masks).astype(np.float32))
             for j in range(k):
                 out[j, images, channels] = logits[np.arange(len(images)), targets[images, j]]
         return out
@@ -262,7 +275,7 @@ class Engine:
         n, _, _, c = activations.shape
         k = targets.shape[1]
         tail = self._tail(index)
-        base = _numpy(tail(tf.constant(activations), tf.constant(batch)))
+        base = _batched(tail, activations, batch)
         rows = np.arange(n)
         out = np.empty((k, n, c + 1))
         for j in range(k):
@@ -272,7 +285,7 @@ class Engine:
         for images, channels in _chunks(pairs, self.method.chunk_size):
             ablated = activations[images].copy()
             ablated[np.arange(len(images)), :, :, channels] = 0.0
-            logits = _numpy(tail(tf.constant(ablated), tf.constant(batch[images])))
+            logits = _batched(tail, ablated, batch[images])
             for j in range(k):
                 out[j, images, channels + 1] = logits[np.arange(len(images)), targets[images, j]]
         return out
@@ -316,6 +329,18 @@ def _chunks(pairs: list, size: int):
     for start in range(0, len(pairs), size):
         images, channels = np.array(pairs[start : start + size]).T
         yield images, channels
+
+
+def _padded(batch: np.ndarray) -> np.ndarray:
+    """``batch`` with a lone image repeated to :data:`MIN_BATCH` rows."""
+    return np.concatenate([batch] * MIN_BATCH) if len(batch) == 1 else batch
+
+
+def _batched(function, *batches: np.ndarray) -> np.ndarray:
+    """``function`` (one result row per input row) on ``batches``, never on a batch of one."""
+    n = len(batches[0])
+    result = _numpy(function(*(tf.constant(_padded(b), tf.float32) for b in batches)))
+    return result[:n]
 
 
 def _numpy(value):

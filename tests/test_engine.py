@@ -168,6 +168,53 @@ def test_each_image_map_is_the_same_alone_and_in_a_batch_of_32(mobilenet, make_l
         np.testing.assert_allclose(alone.logits[0], batched.logits[i], atol=TOL, rtol=1e-5)
 
 
+#: Run in a fresh process whose oneDNN is held to its AVX2 kernels (set before TensorFlow loads):
+#: there TensorFlow computes a lone image differently from a batch (logits 1e-5 apart), which
+#: camcli.engine.MIN_BATCH must hide. Every image is explained in several batches, eagerly and
+#: compiled, by a gradient method and by both channel-scoring ones (whose chunks of masked
+#: inputs also come out at one); each must give the whole batch's bits.
+_BATCHINGS = """
+import json
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from camcli.api import Explainer
+photos = [np.asarray(Image.open(p).convert("RGB").resize((224, 224)))
+          for p in sorted(Path("sample_images").glob("*.*g"))]
+pixels = np.stack([*photos, photos[0][:, ::-1]])
+differ = []
+methods = (("gradcam", {}), ("scorecam", {"scorecam_channels": 4, "scorecam_batch": 3}),
+           ("ablationcam", {"scorecam_batch": 7}))
+for method, options in methods:
+    explainer = Explainer(model="mobilenet_v1_0.25_224", method=method, top_k_cams=2, **options)
+    whole = explainer.explain_arrays(pixels, compiled=True)
+    for compiled in (True, False):
+        for order in ([0], [4], [3, 1], [2, 0, 4]):
+            part = explainer.explain_arrays(pixels[order], compiled=compiled)
+            for j, i in enumerate(order):
+                for field in ("logits", "targets", "target_scores", "cams", "empty"):
+                    if not np.array_equal(getattr(part, field)[j], getattr(whole, field)[i]):
+                        differ.append(f"{method}: image {i} in {order}, {compiled=}: {field}")
+print(json.dumps(differ))
+"""
+
+
+def test_an_images_bits_do_not_depend_on_the_batch_it_is_in():
+    """What lets a Ray run, a resumed run or one with failed inputs (all batched differently
+    from a plain local run) write the same bytes: real weights, exact equality."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", _BATCHINGS], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
 def test_partial_last_batch_does_not_retrace(small_cnn, make_loaded):
     engine = Engine(make_loaded(small_cnn, "c3"), compiled=True)
     images = _images(37, 48, seed=13)
