@@ -20,7 +20,10 @@ demo: install
 	$(BIN)/camcli explain sample_images/ --model $(DEMO_MODEL) --out-dir $(DEMO_OUT)
 	$(BIN)/python tools/demo_summary.py $(DEMO_OUT)
 
+# Chromium (for the report tests) is installed first, when missing and allowed: the tests then
+# run in a network namespace of their own, with loopback only (tests/netns.py).
 test: install
+	$(BIN)/python tests/browser.py
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -185,6 +185,25 @@ class Explainer:
         return run_local(self.pipeline(options, stats), inputs, self.batch_size, workers, stop)
 
 
+def check_options(options: dict) -> None:
+    """The checks of :class:`Explainer`'s keyword arguments that need no model: what a Ray
+    driver runs before it reaches for a cluster (the workers load the model)."""
+    from camcli import loading, registry
+    from camcli.methods import get_method
+
+    classes = list(options.get("classes") or ())
+    _check_counts(options.get("batch_size", DEFAULT_BATCH_SIZE), options.get("top_k", 5),
+                  options.get("top_k_cams"), classes)
+    get_method(options.get("method", "gradcam"),
+               chunk_size=options.get("scorecam_batch", DEFAULT_CHUNK_SIZE),
+               channels=options.get("scorecam_channels"))
+    model = options.get("model", "resnet50")
+    if not loading.is_model_file(model):
+        registry.get_spec(model)
+    elif not os.path.isfile(model):
+        raise UsageError(f"{model}: model file not found")
+
+
 def _check_counts(batch_size: int, top_k: int, top_k_cams: int | None, classes: list) -> None:
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
@@ -194,6 +213,15 @@ def _check_counts(batch_size: int, top_k: int, top_k_cams: int | None, classes: 
         raise UsageError(f"--top-k-cams must be at least 1, not {top_k_cams}")
     if classes and top_k_cams:
         raise UsageError("give either --class or --top-k-cams, not both")
+
+
+def take_output_options(options: dict, storage_options: dict | None = None) -> OutputOptions:
+    """The :class:`OutputOptions` among a Python caller's keyword arguments (removed from
+    ``options``, which keeps the Explainer's), their URL backends given ``storage_options``."""
+    store = storage.StorageOptions(tuple((storage_options or {}).items()))
+    fields = {f.name for f in dataclasses.fields(OutputOptions)}
+    chosen = {k: options.pop(k) for k in list(options) if k in fields}
+    return OutputOptions(**{**chosen, "storage_options": store})
 
 
 def explain(
@@ -220,11 +248,8 @@ def explain(
     from camcli.sharding import parse
 
     shard = parse(shard) if isinstance(shard, str) else shard
-    store = storage.StorageOptions(tuple((storage_options or {}).items()))
-    output_fields = {f.name for f in dataclasses.fields(OutputOptions)}
-    output = OutputOptions(
-        **{k: options.pop(k) for k in list(options) if k in output_fields}, storage_options=store
-    )
+    output = take_output_options(options, storage_options)
+    store = output.storage_options
     paths = list(paths)
     storage.preflight(paths, output.out_dir, store)
     explainer = Explainer(**options)

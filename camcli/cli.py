@@ -21,7 +21,7 @@ import typer
 
 from camcli import __version__, native_stderr
 from camcli import options as opt
-from camcli.errors import CamcliError, ExitStatus
+from camcli.errors import CamcliError, ExitStatus, UsageError
 
 app = typer.Typer(
     name="camcli",
@@ -88,6 +88,8 @@ def _print_trace(exc: BaseException) -> None:
     typer.echo(_redact("".join(traceback.format_exception(exc)).rstrip("\n")), err=True)
 
 
+ENGINES = ("local", "ray")
+
 PATHS = Annotated[
     list[str], typer.Argument(help="Images, folders, globs, URLs (s3://…/), or - (read stdin).")
 ]
@@ -96,7 +98,8 @@ PATHS = Annotated[
 @opt.command(
     app,
     opt.MODEL, opt.TARGETS, (opt.TOP_K,), opt.RENDER, opt.OUTPUTS, opt.INPUTS,
-    (opt.STORAGE, opt.MAX_PIXELS, opt.JSON_LINES, opt.RUN_REPORT), opt.RUN,
+    (opt.STORAGE, opt.MAX_PIXELS, opt.JSON_LINES, opt.RUN_REPORT), (opt.ENGINE,), opt.RAY,
+    opt.RUN,
 )
 def explain(paths: PATHS, **options):
     """Write a Grad-CAM overlay and a JSON record beside each image (or URL)."""
@@ -104,11 +107,14 @@ def explain(paths: PATHS, **options):
     from camcli.api import OutputOptions, RunStats
     from camcli.report import RunRecorder
 
+    engine, ray_options = options.pop("engine"), opt.pick(options, opt.RAY)
     try:  # before TensorFlow is imported: a bad --shard is a usage error at once
         options["shard"] = sharding.parse(options["shard"])
+        if engine not in ENGINES:
+            raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     except CamcliError as exc:
         raise _fail(exc, options["debug"]) from None
-    session = _Session(options)
+    session = _Session(options, tensorflow=engine == "local")
 
     def output_options():  # also checks the URLs: exit 2 before the model is loaded
         store = storage.StorageOptions.parse(options.pop("storage_option"))
@@ -117,14 +123,16 @@ def explain(paths: PATHS, **options):
         storage.preflight(paths, output.out_dir, store)
         return output
 
-    output, explainer = session.load(
-        output_options, opt.pick(options, opt.MODEL + opt.TARGETS + (opt.TOP_K,))
-    )
+    model_options = opt.pick(options, opt.MODEL + opt.TARGETS + (opt.TOP_K,))
     stats = RunStats()
     shard = options["shard"]
-    results = explainer.run(paths, output, stop=session.stop, max_pixels=options["max_pixels"],
-                            stats=stats, storage_options=output.storage_options,
-                            **opt.pick(options, opt.INPUTS))
+    run = dict(stop=session.stop, max_pixels=options["max_pixels"], stats=stats,
+               **opt.pick(options, opt.INPUTS))
+    if engine == "ray":
+        output, results = session.on_ray(output_options, model_options, paths, ray_options, run)
+    else:
+        output, explainer = session.load(output_options, model_options)
+        results = explainer.run(paths, output, storage_options=output.storage_options, **run)
     recorder = RunRecorder(output.out_dir)
     status = session.show(recorder.watch(results), as_json=options["as_json"],
                           inputs=lambda: _shard_summary(shard, stats))
@@ -150,9 +158,14 @@ class _Session:
     """What every command that runs a model shares: quiet TensorFlow, signals, loading the
     explainer, progress and the summary line, and turning failures into exit codes."""
 
-    def __init__(self, options: dict, stop_on_signals: bool = True):
+    def __init__(self, options: dict, stop_on_signals: bool = True, tensorflow: bool = True):
         self.debug, self.quiet = options["debug"], options["quiet"]
-        _quiet_tensorflow(self.debug, options["threads"])
+        if tensorflow:  # not for a Ray driver: the model lives on the workers
+            _quiet_tensorflow(self.debug, options["threads"])
+        elif not self.debug:
+            import warnings
+
+            warnings.filterwarnings("ignore")
         native_stderr.capture(show=self.debug)  # C libraries' warnings: only with --debug
         self.started = time.perf_counter()
         # Before loading: a signal then ends the run before it starts. Without it, SIGINT is
@@ -179,6 +192,27 @@ class _Session:
         if self.stop.is_set():
             raise self.interrupted()
         return options, explainer
+
+    def on_ray(self, make_options, model_options: dict, paths, ray_options: dict, run: dict):
+        """``(make_options(), results)`` of a run on a Ray cluster, or exit with the reason:
+        the driver checks what it can without the model, then the workers load it."""
+        from camcli.api import check_options
+        from camcli.ray import RayOptions
+        from camcli.ray import run as run_on_ray
+
+        try:
+            options = make_options()
+            check_options(model_options)
+            if model_options["weights"].strip().lower() == "none":
+                typer.echo(f"camcli: warning: {RANDOM_WEIGHTS}", err=True)
+            ray = RayOptions(**{name.removeprefix("ray_"): v for name, v in ray_options.items()})
+            results = run_on_ray(paths, model_options, options, ray, debug=self.debug,
+                                 storage_options=options.storage_options, **run)
+        except KeyboardInterrupt:
+            raise self.interrupted() from None
+        except Exception as exc:
+            raise _fail(exc, self.debug) from None
+        return options, results
 
     def interrupted(self) -> typer.Exit:
         typer.echo("camcli: interrupted", err=True)

@@ -41,6 +41,10 @@ class WeightsError(UsageError):
     """Model weights could not be obtained (offline download, missing or incompatible file)."""
 
 
+class ClusterError(UsageError):
+    """Ray could not start, or the cluster named could not be reached (``--engine ray``)."""
+
+
 class InputError(CamcliError):
     """One input could not be processed; the batch goes on without it."""
 

@@ -21,13 +21,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from camcli import storage
 from camcli.errors import InputError
+from camcli.limits import DEFAULT_MAX_PIXELS
 from camcli.outputs import is_camcli_output
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )
-#: Pillow's own decompression-bomb threshold (it warns above it and refuses above twice it).
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 _ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
@@ -155,7 +154,18 @@ def read_for_model(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> DecodedImage:
     """Read ``path`` and decode it at the model's ``size`` (height, width), or raise InputError."""
-    data = read_bytes(path)
+    return decode_for_model(path, read_bytes(path), size, channels, max_pixels)
+
+
+def decode_for_model(
+    path: Path,
+    data: bytes,
+    size: tuple[int, int],
+    channels: int = 3,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> DecodedImage:
+    """Decode ``data`` (the bytes of ``path``, already read) at the model's ``size``, or raise
+    InputError naming ``path``."""
     height, width = size
     image = open_image(path, data, max_pixels)
     declared = image.size

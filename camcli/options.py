@@ -26,7 +26,7 @@ from typing import Annotated, Any
 import typer
 
 from camcli.audit.checks import THRESHOLDS
-from camcli.images import DEFAULT_MAX_PIXELS
+from camcli.limits import DEFAULT_MAX_PIXELS
 from camcli.methods import DEFAULT_CHUNK_SIZE, method_names
 from camcli.render import COLORMAPS, OVERLAY_FORMATS
 
@@ -177,6 +177,22 @@ INPUTS: tuple[Spec, ...] = (
 STORAGE = spec("storage_option", list[str] | None, None, "--storage-option",
                help="KEY=VALUE for the URL backends (s3fs, gcsfs...), e.g. anon=true or "
                "endpoint_url=http://minio:9000; JSON values allowed; repeatable.")
+
+#: Where the batches run: this process, or a Ray cluster (:mod:`camcli.distributed.ray`).
+ENGINE = spec("engine", str, "local",
+              help="local (this process) or ray (a Ray cluster; pip install 'camcli\\[ray]').")
+
+#: ``--engine ray``: which cluster, and how wide (the keyword arguments of ``RayOptions``).
+RAY: tuple[Spec, ...] = (
+    spec("ray_address", str | None, None,
+         help="Ray cluster: host:port, ray://host:10001 or auto (default: RAY_ADDRESS, "
+         "else a local Ray instance for the run)."),
+    spec("ray_workers", int | None, None,
+         help="Ray workers, each loading the model once (default: as many as fit)."),
+    spec("ray_cpus", float | None, None,
+         help="CPUs per Ray worker, its TensorFlow threads (default 4, at most a node's)."),
+    spec("ray_gpus", float, 0.0, help="GPUs per Ray worker."),
+)
 
 MAX_PIXELS = spec("max_pixels", int, DEFAULT_MAX_PIXELS,
                   help="Refuse images declaring more pixels (decompression bombs).")

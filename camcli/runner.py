@@ -27,7 +27,8 @@ from camcli.outputs import is_up_to_date
 from camcli.pipeline import EAGER_MAX_IMAGES, ImageResult, Pipeline
 from camcli.sharding import Shard, select
 
-_SKIPPED = object()
+#: What :func:`decoder` returns for an input whose outputs are up to date.
+SKIPPED = object()
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,10 @@ def run_local(
     Raises :class:`OutputsFullError` after :data:`STOP_AFTER_FULL_WRITES` inputs in a row
     failed to write for lack of space; the inputs still in flight are dropped unwritten.
     """
-    return _stop_when_full(_run(pipeline, inputs, batch_size, workers, stop))
+    return stop_when_full(_run(pipeline, inputs, batch_size, workers, stop))
 
 
-def _stop_when_full(results: Iterator[ImageResult]) -> Iterator[ImageResult]:
+def stop_when_full(results: Iterator[ImageResult]) -> Iterator[ImageResult]:
     """The one place of the full-disk policy: pass results on, stop after a streak of them."""
     streak = 0
     for result in results:
@@ -110,7 +111,7 @@ def _run(pipeline, inputs, batch_size, workers, stop) -> Iterator[ImageResult]:
     # decoded images waiting for the model, and images being drawn and written
     depth = max(2 * batch_size, 2 * readers) if remote else 2 * batch_size
     window = max(2 * batch_size, putters) if remote or remote_out else 2 * batch_size
-    decode = _decoder(pipeline, inputs)
+    decode = decoder(pipeline, inputs)
     with (
         ThreadPoolExecutor(readers, thread_name_prefix="camcli-decode") as decoders,
         ThreadPoolExecutor(putters, thread_name_prefix="camcli-write") as writers,
@@ -133,7 +134,7 @@ def _run(pipeline, inputs, batch_size, workers, stop) -> Iterator[ImageResult]:
                 if stop is not None and stop.is_set():
                     decoders.shutdown(wait=False, cancel_futures=True)
                     break
-                if decoded is _SKIPPED:
+                if decoded is SKIPPED:
                     yield ImageResult(path, ok=True, skipped=True)
                 elif isinstance(decoded, InputError):
                     yield ImageResult.failed(decoded.path, decoded.reason, decoded)
@@ -150,19 +151,25 @@ def _run(pipeline, inputs, batch_size, workers, stop) -> Iterator[ImageResult]:
             writers.shutdown(wait=False, cancel_futures=True)
 
 
-def _decoder(pipeline: Pipeline, inputs: Inputs):
-    """The decode stage for one input: skipped, decoded for the model, or an InputError."""
+def decoder(pipeline: Pipeline, inputs: Inputs):
+    """The decode stage for one input: :data:`SKIPPED`, decoded for the model, or an
+    InputError. ``data``: the input's bytes when the caller has read them already (a Ray
+    dataset of bytes); otherwise they are read from ``path``."""
     loaded = pipeline.explainer.loaded
     size = tuple(loaded.input_size)
 
-    def decode(path: Path):
+    def decode(path: Path, data: bytes | None = None):
         if inputs.skip_existing and is_up_to_date(
             pipeline.paths(path), path, pipeline.fingerprint
         ):
-            return _SKIPPED
+            return SKIPPED
         try:
             with pipeline.stats.time("decode"), native_stderr.decoding(path):
-                return images.read_for_model(path, size, loaded.channels, inputs.max_pixels)
+                if data is None:
+                    return images.read_for_model(path, size, loaded.channels, inputs.max_pixels)
+                return images.decode_for_model(
+                    path, data, size, loaded.channels, inputs.max_pixels
+                )
         except InputError as exc:
             return exc
         except Exception as exc:  # a decoder bug on one odd file must not stop the run

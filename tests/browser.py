@@ -205,3 +205,10 @@ class Browser:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+if __name__ == "__main__":  # `make test` runs this first: the tests' network has no route out
+    try:
+        print(f"chromium: {find_chromium()}")
+    except ChromiumMissing as exc:
+        print(f"chromium: {exc}; the report tests will be skipped")

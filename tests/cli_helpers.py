@@ -7,6 +7,7 @@ Keras cache is a fresh folder.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -14,6 +15,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from camcli.outputs import is_camcli_output
 
@@ -81,12 +84,65 @@ def run_explain(args, cwd: Path, timeout: float = 240, **kwargs) -> subprocess.C
     )
 
 
+def run_all(commands, cwd: Path, timeout: float = 300, **kwargs):
+    """Run several ``camcli *args`` at once, offline, each in ``cwd``; wait for all of them.
+
+    ``commands`` holds argument lists, or ``(args, env)`` pairs to give a run its own
+    environment (default :func:`offline_env`). Each start-up (TensorFlow's import) costs seconds
+    of one core, so independent runs overlap instead of queueing. Returns the finished runs in
+    order, output captured as text.
+    """
+    assert CAMCLI.exists(), f"the camcli entry point is not installed at {CAMCLI}"
+    started = []
+    for command in commands:
+        args, env = command if isinstance(command, tuple) else (command, offline_env(cwd))
+        process = subprocess.Popen([str(CAMCLI), *map(str, args)], cwd=cwd, env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+        started.append((args, process))
+    done = []
+    try:
+        for args, process in started:
+            out, err = process.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(args, process.returncode, out, err))
+    finally:
+        for _, process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return done
+
+
 def start_explain(args, cwd: Path, **kwargs) -> subprocess.Popen:
     """``camcli explain *args`` started in ``cwd``, offline; the caller waits for it."""
     assert CAMCLI.exists(), f"the camcli entry point is not installed at {CAMCLI}"
     return subprocess.Popen(
         [str(CAMCLI), "explain", *args], cwd=cwd, env=offline_env(cwd), text=True, **kwargs
     )
+
+
+class Started:
+    """``camcli explain *args`` started in ``cwd`` (offline, output captured); ``result()``
+    waits for it, then runs ``after`` once. ``facts``: what the test noted before the start."""
+
+    def __init__(self, args, cwd: Path, after=None, facts: dict | None = None, **kwargs):
+        self.args, self.cwd, self.after, self.facts = args, cwd, after, facts or {}
+        self.process = start_explain(args, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     **kwargs)
+
+    def result(self, timeout: float = 240) -> subprocess.CompletedProcess:
+        try:
+            out, err = self.process.communicate(timeout=timeout)
+        finally:
+            self.stop()
+        return subprocess.CompletedProcess(self.args, self.process.returncode, out, err)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.after:
+            self.after()
+            self.after = None
 
 
 def check_output_sets(folder: Path) -> dict[str, dict]:
@@ -109,3 +165,54 @@ def check_output_sets(folder: Path) -> dict[str, dict]:
     leftovers = [p.name for p in folder.rglob(".*")]
     assert leftovers == [], f"temporary or lock files left: {leftovers}"
     return records
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size: str = "1m"):
+    """``folder`` (created) as a tmpfs of ``size`` for the block; skips where none can be
+    mounted (not root, no user namespace). ``mount -o remount,size=…`` gives it room."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+FULL_DISK_FAILURE = (r"in/img\d\d\.png: cannot write outputs out/in/img\d\d\.png\.cam\.(png|json): "
+                     r"No space left on device")
+
+
+def check_stopped_when_full(run: subprocess.CompletedProcess, count: int, stop_after: int) -> int:
+    """A ``--json`` run onto a full disk stopped as the policy says: at the first streak of
+    ``stop_after`` results in a row failing for lack of space (a write may succeed between two
+    failures, when a failed one's clean-up freed room), with one message, exit 1, before all
+    ``count`` inputs; stderr holds the warning, one line per failure, the stop and the summary.
+    Returns how many inputs were explained."""
+    import re
+
+    assert run.returncode == 1, run.stderr
+    results = [json.loads(line) for line in nonblank_lines(run.stdout)]
+    streak, streaks = 0, []
+    for result in results:
+        streak = 0 if result["ok"] else streak + 1
+        streaks.append(streak)
+    assert streaks[-stop_after:] == list(range(1, stop_after + 1)), results
+    assert max(streaks[:-1], default=0) < stop_after, "the run went on past a full streak"
+    failed = [f"{r['input']}: {r['error']}" for r in results if not r["ok"]]
+    assert all(re.fullmatch(FULL_DISK_FAILURE, line) for line in failed), failed
+    lines = nonblank_lines(run.stderr)
+    assert lines == [
+        WARNING, *failed,
+        f"camcli: error: stopped: {stop_after} inputs in a row could not be written "
+        "(No space left on device); free some space and rerun with --skip-existing to do "
+        "what is missing",
+        lines[-1],
+    ], run.stderr
+    done = len(results) - len(failed)
+    assert re.match(fr"camcli: {done} done, {len(failed)} failed in ", lines[-1]), lines[-1]
+    assert len(results) < count, "the run went on after the disk was full"
+    return done

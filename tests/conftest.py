@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+
+import netns
 import pytest
+
+
+def pytest_configure(config):
+    """Before any test, while the process has one thread: the session's own network, where
+    servers can listen on loopback only and nothing can be downloaded (tests/netns.py)."""
+    netns.enter()
+
+
+def pytest_report_header(config):
+    return f"network: {'own namespace, loopback only' if netns.reason is None else netns.reason}"
 
 
 @pytest.fixture(scope="session")
@@ -144,3 +158,73 @@ def chromium():
         return find_chromium()
     except ChromiumMissing as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A Ray head node (``ray start --head --block``) for the whole session, on 127.0.0.1 in
+    the session's network namespace: 2 CPUs, no dashboard, a small object store, token
+    authentication. ``address`` is for ``--ray-address``; ``auth`` the variables a client
+    needs (the token); ``env`` for subprocesses (no proxy for loopback). It stops with
+    the session, or with the test process if that dies (parent-death signal)."""
+    import secrets
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    if netns.reason is not None:
+        pytest.skip(f"Ray would listen on every interface here: {netns.reason}")
+    ray = Path(sys.executable).with_name("ray")
+    if not ray.exists():
+        pytest.skip("ray is not installed (pip install 'camcli[ray]')")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must be short
+    # Ray's token authentication, with a token of the session's (nothing in ~/.ray)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+               RAY_USAGE_STATS_ENABLED="0", **auth)
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def die_with_parent():
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    with open(log, "wb") as out:
+        head = subprocess.Popen(
+            [str(ray), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+             "--include-dashboard=false", f"--object-store-memory={300 * 1024**2}",
+             f"--temp-dir={temp}", "--disable-usage-stats"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            pytest.fail(f"ray start failed: {log.read_text()[-2000:]}")
+        status = subprocess.run([str(ray), "status", f"--address={address}"], env=env,
+                                capture_output=True, text=True)
+        if status.returncode == 0 and "CPU" in status.stdout:
+            break
+        time.sleep(1)
+    else:
+        head.kill()
+        pytest.fail(f"Ray did not come up in 120 s: {log.read_text()[-2000:]}")
+    try:
+        yield SimpleNamespace(address=address, env=env, auth=auth, temp=temp, log=log)
+    finally:
+        head.terminate()  # `ray start --block` stops its processes on SIGTERM...
+        try:
+            head.wait(5)  # ...at once when idle; what is left then is killed
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(10)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -139,7 +139,9 @@ BAD = {
 
 
 @pytest.fixture(scope="module")
-def messy_run(tmp_path_factory):
+def messy_run(tmp_path_factory, tree_started):
+    # tree_started: the second run of this module, independent of this one, is started first
+    # so that both TensorFlow start-ups (seconds of one core each) overlap.
     preexec, no_unreadable = unprivileged()
     root = tmp_path_factory.mktemp("messy")
     imgs = root / "imgs"
@@ -341,7 +343,8 @@ def test_overlays_show_the_upright_first_frame_composited_on_white(messy_run):
 
 
 @pytest.fixture(scope="module")
-def tree_run(tmp_path_factory):
+def tree_started(tmp_path_factory):
+    """The tree below and camcli started on it (see ``tree_run``, which waits for it)."""
     root = tmp_path_factory.mktemp("tree")
     tree = root / "tree"
     (tree / "sub").mkdir(parents=True)
@@ -368,8 +371,27 @@ def tree_run(tmp_path_factory):
         "--json",
         "--debug",
     ]
-    run = _run(args, cwd=root, timeout=60)  # glob's own ** never ended on the loop
-    return SimpleNamespace(root=root, tree=tree, run=run)
+    process = _popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started = SimpleNamespace(root=root, tree=tree, args=args, process=process,
+                              deadline=time.monotonic() + 60)
+    yield started
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def tree_run(tree_started):
+    process = tree_started.process
+    try:  # glob's own ** never ended on the loop: 60 s from the start are plenty
+        stdout, stderr = process.communicate(
+            timeout=max(1.0, tree_started.deadline - time.monotonic()))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    run = subprocess.CompletedProcess(tree_started.args, process.returncode, stdout, stderr)
+    return SimpleNamespace(root=tree_started.root, tree=tree_started.tree, run=run)
 
 
 def test_a_file_reached_many_ways_is_processed_once(tree_run):

@@ -36,6 +36,27 @@ def _camcli(*args: str, cwd: Path, stdin: str | None = None, **env: str):
     )
 
 
+def _start(*args: str, cwd: Path, stdin: str | None = None, **env: str):
+    """``camcli *args`` started in ``cwd``; ``.result()`` waits and gives a CompletedProcess."""
+    assert CAMCLI.exists(), f"the camcli entry point is not installed at {CAMCLI}"
+    process = subprocess.Popen(
+        [str(CAMCLI), *args], cwd=cwd, env=_env(cwd, **env), text=True,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+    def result() -> subprocess.CompletedProcess:
+        try:
+            out, err = process.communicate(stdin, timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        return subprocess.CompletedProcess([str(CAMCLI), *args], process.returncode, out, err)
+
+    return SimpleNamespace(process=process, result=result)
+
+
 def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
@@ -111,9 +132,43 @@ def test_cli_and_models_do_not_import_tensorflow(tmp_path):
 # --------------------------------------------------------------------------- usage errors
 
 
-def test_unknown_model_exits_2_with_suggestions_and_no_traceback(tmp_path):
-    (tmp_path / "x.png").write_bytes(b"")
-    run = _camcli("explain", "x.png", "--model", "resnet5", "--weights", "none", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """This module's independent ``camcli`` runs, started together (each start-up imports
+    TensorFlow: seconds of one core); each test waits for its own (``.result()``) and checks it.
+    Each run has a folder of its own (``.cwd``), made as its test describes."""
+    runs = {}
+
+    def start(name, *args, stdin=None, **env):
+        runs[name] = _start(*args, cwd=folders[name], stdin=stdin, **env)
+        runs[name].cwd = folders[name]
+
+    folders = {name: tmp_path_factory.mktemp(name)
+               for name in ("unknown", "layers", "offline", "explain", "stdin")}
+    (folders["unknown"] / "x.png").write_bytes(b"")
+    start("unknown", "explain", "x.png", "--model", "resnet5", "--weights", "none")
+    start("layers", "layers", MODEL)
+    keras_home = folders["offline"] / "empty_keras_home"
+    keras_home.mkdir()
+    Image.new("RGB", (20, 20), (90, 30, 60)).save(folders["offline"] / "p.png")
+    start("offline", "explain", "p.png", "--model", MODEL, "--weights", "imagenet", "--json",
+          KERAS_HOME=str(keras_home))
+    _write_inputs(folders["explain"] / "imgs")
+    start("explain", "explain", "imgs", "missing.png", "--model", MODEL, "--weights", "none",
+          "--json")
+    _write_stdin_inputs(folders["stdin"] / "in")
+    start("stdin", "explain", "-", "--top-k-cams", "2", "--out-dir", "out", "--batch-size", "1",
+          "--model", MODEL, "--weights", "none", "--json", stdin="in/x.png\n\nin/y.jpg\n")
+    yield runs
+    for run in runs.values():  # a test that failed early leaves its run behind: stop it
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
+
+
+def test_unknown_model_exits_2_with_suggestions_and_no_traceback(started):
+    tmp_path = started["unknown"].cwd
+    run = started["unknown"].result()
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     errors = [line for line in _lines(run.stderr) if "warning" not in line]
@@ -133,8 +188,8 @@ def test_unknown_model_message_is_the_documented_one():
     assert str(info.value) == "unknown model 'resnet5' — did you mean: resnet50, resnet101?"
 
 
-def test_layers_marks_the_default_layer(tmp_path):
-    run = _camcli("layers", MODEL, cwd=tmp_path)
+def test_layers_marks_the_default_layer(started):
+    run = started["layers"].result()
     assert run.returncode == 0, run.stderr
     rows = [
         [cell.strip() for cell in line.split("│")[1:-1]]
@@ -147,23 +202,10 @@ def test_layers_marks_the_default_layer(tmp_path):
     assert by_layer["conv_pw_13_relu"][2] == "(4, 4, 256)"
 
 
-def test_offline_imagenet_weights_give_one_clear_message(tmp_path):
+def test_offline_imagenet_weights_give_one_clear_message(started):
+    tmp_path = started["offline"].cwd
     keras_home = tmp_path / "empty_keras_home"
-    keras_home.mkdir()
-    photo = tmp_path / "p.png"
-    Image.new("RGB", (20, 20), (90, 30, 60)).save(photo)
-
-    run = _camcli(
-        "explain",
-        "p.png",
-        "--model",
-        MODEL,
-        "--weights",
-        "imagenet",
-        "--json",
-        cwd=tmp_path,
-        KERAS_HOME=str(keras_home),
-    )
+    run = started["offline"].result()
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     assert run.stdout == ""  # stdout carries JSON lines only, never download chatter
@@ -200,24 +242,17 @@ def _write_inputs(folder: Path) -> dict[str, tuple[int, int]]:
     (folder / "notes.txt").write_text("ignored: not an image extension\n")
     (folder / "sub").mkdir()
     Image.new("RGB", (9, 9)).save(folder / "sub" / "deep.png")  # not reached without -r
-    return {"a.jpg": (64, 48), "a.png": (50, 70), "rot.jpg": (24, 40), "rgba.png": (30, 30)}
+    return dict(_SIZES)
+
+
+_SIZES = {"a.jpg": (64, 48), "a.png": (50, 70), "rot.jpg": (24, 40), "rgba.png": (30, 30)}
 
 
 @pytest.fixture(scope="module")
-def folder_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("explain")
-    sizes = _write_inputs(root / "imgs")
-    run = _camcli(
-        "explain",
-        "imgs",
-        "missing.png",
-        "--model",
-        MODEL,
-        "--weights",
-        "none",
-        "--json",
-        cwd=root,
-    )
+def folder_run(started):
+    root = started["explain"].cwd
+    sizes = _SIZES
+    run = started["explain"].result()
     records = {
         name: (root / "imgs" / f"{name}.cam.json").read_bytes()
         for name in sizes
@@ -349,31 +384,20 @@ def test_rerun_with_two_classes_and_heatmaps_ignores_earlier_outputs(folder_run,
     assert not [p.name for p in imgs.iterdir() if p.name.count(".cam") > 1]
 
 
-def test_top_k_cams_out_dir_and_stdin(tmp_path):
-    source = tmp_path / "in"
+def _write_stdin_inputs(source: Path) -> dict[str, tuple[int, int]]:
     source.mkdir()
     Image.new("RGB", (33, 21), (10, 200, 90)).save(source / "x.png")
     noise = np.random.default_rng(3).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     Image.fromarray(noise).save(source / "y.jpg")
-    sizes = {"x.png": (33, 21), "y.jpg": (40, 40)}
+    return {"x.png": (33, 21), "y.jpg": (40, 40)}
 
-    run = _camcli(
-        "explain",
-        "-",
-        "--top-k-cams",
-        "2",
-        "--out-dir",
-        "out",
-        "--batch-size",
-        "1",
-        "--model",
-        MODEL,
-        "--weights",
-        "none",
-        "--json",
-        cwd=tmp_path,
-        stdin="in/x.png\n\nin/y.jpg\n",
-    )
+
+def test_top_k_cams_out_dir_and_stdin(started):
+    # camcli explain - --top-k-cams 2 --out-dir out --batch-size 1 ..., paths on stdin
+    tmp_path = started["stdin"].cwd
+    source = tmp_path / "in"
+    sizes = {"x.png": (33, 21), "y.jpg": (40, 40)}
+    run = started["stdin"].result()
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in source.iterdir()) == ["x.png", "y.jpg"]  # nothing beside
     lines = {json.loads(line)["input"]["path"]: json.loads(line) for line in _lines(run.stdout)}

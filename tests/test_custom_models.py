@@ -465,25 +465,23 @@ def test_layers_command_lists_nested_paths_and_marks_the_default(shapes):
 
 
 @pytest.fixture(scope="module")
-def shapes_classifier(tmp_path_factory):
-    """A CNN nested in a wrapper with its own Rescaling and a separate softmax layer, trained."""
+def shapes_classifier(tmp_path_factory, shapes_cnn):
+    """A trained CNN nested in a wrapper with its own Rescaling and a separate softmax layer.
+
+    The CNN is the session's ``shapes_cnn`` (conftest.py: the same architecture and shapes task,
+    trained once for the suite), cloned with its weights so the shared model is left as it is.
+    """
     folder = tmp_path_factory.mktemp("ground_truth")
-    keras.utils.set_random_seed(2)
-    train = make_shapes(1500, seed=100, size=SCENE, classes=3)
-    valid = make_shapes(100, seed=101, size=SCENE, classes=3)
-    held_out = make_shapes(150, seed=999, size=SCENE, classes=3)
-    cnn = _scene_cnn(3, None, "shapes_cnn")
+    cnn = keras.models.clone_model(shapes_cnn.model)
+    cnn.set_weights(shapes_cnn.model.get_weights())
+    assert cnn.name == "shapes_cnn" and shapes_cnn.size == SCENE
     inputs = keras.Input((SCENE, SCENE, 3))
     x = keras.layers.Rescaling(1 / 255.0, name="rescale")(inputs)
     outputs = keras.layers.Activation("softmax", name="probabilities")(cnn(x))
     model = keras.Model(inputs, outputs, name="wrapper")
-    valid_x = _to_uint8(valid.images).astype(np.float32)
-    _fit(model, _to_uint8(train.images).astype(np.float32), train.labels,
-         keras.losses.SparseCategoricalCrossentropy(),
-         lambda: float(np.mean(np.argmax(model.predict(valid_x, verbose=0), 1) == valid.labels)))
     saved = _Saved()
     path = saved.save(model, folder / "shapes.keras")
-    return {"path": path, "cnn": cnn, "held_out": held_out, "saved": saved}
+    return {"path": path, "cnn": cnn, "held_out": shapes_cnn.held_out, "saved": saved}
 
 
 def test_trained_nested_softmax_model_points_at_the_object(shapes_classifier):
@@ -635,7 +633,7 @@ def multilabel(tmp_path_factory):
     """Two sigmoid units, "has_square" and "has_ring"; an image may hold either, both or none."""
     folder = tmp_path_factory.mktemp("multilabel")
     keras.utils.set_random_seed(31)
-    present = np.random.default_rng(31).integers(0, 2, size=(1600, 2))
+    present = np.random.default_rng(31).integers(0, 2, size=(1000, 2))
     images, _ = make_scenes(present, seed=32)
     valid_present = np.random.default_rng(34).integers(0, 2, size=(100, 2))
     valid, _ = make_scenes(valid_present, seed=34)

@@ -12,7 +12,6 @@ Random weights (``--weights none``) and a dead proxy: nothing is ever downloaded
 from __future__ import annotations
 
 import json
-import re
 import resource
 import signal
 import subprocess
@@ -20,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import SMALL_MODEL, WARNING, check_output_sets, run_explain
+from cli_helpers import (
+    SMALL_MODEL,
+    WARNING,
+    Started,
+    check_output_sets,
+    check_stopped_when_full,
+    mounted_tmpfs,
+    run_explain,
+)
 from cli_helpers import nonblank_lines as _lines
 from PIL import Image
 
@@ -39,7 +46,17 @@ def _limit_file_size():  # a preexec_fn: in the child, before exec
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
 
 
-def test_a_file_size_limit_fails_only_the_inputs_too_large(tmp_path):
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory):
+    """A 1 MiB tmpfs mounted at ``<tmp>/out``; unmounted at the end of the module."""
+    with mounted_tmpfs(tmp_path_factory.mktemp("full") / "out") as disk:
+        yield disk
+
+
+@pytest.fixture(scope="module")
+def size_limited(tmp_path_factory):
+    """The file-size-limit run, started when the module begins (with ``first_full_run``)."""
+    tmp_path = tmp_path_factory.mktemp("limit")
     folder = tmp_path / "in"
     folder.mkdir()
     big, small = [], []
@@ -49,9 +66,44 @@ def test_a_file_size_limit_fails_only_the_inputs_too_large(tmp_path):
         big.append(f"in/big{i}.png")
         small.append(f"in/small{i}.png")
     order = [name for pair in zip(big, small, strict=True) for name in pair]
-    run = run_explain(
-        [*order, "--batch-size", "2", *SMALL_MODEL], tmp_path, preexec_fn=_limit_file_size
-    )
+    started = Started([*order, "--batch-size", "2", *SMALL_MODEL], tmp_path,
+                       preexec_fn=_limit_file_size)
+    started.big, started.small, started.folder = big, small, folder
+    yield started
+    started.stop()
+
+
+FULL_COUNT = 30  # ~360 kB overlays: a 1 MiB disk holds two or three
+
+
+@pytest.fixture(scope="module")
+def first_full_run(small_disk):
+    """The full-disk test's first run, onto the 1 MiB disk (started with the size-limited run:
+    the two are independent, and both TensorFlow start-ups, seconds of one core, overlap)."""
+    tmp_path = small_disk.parent
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(FULL_COUNT):
+        _noise(folder / f"img{i:02d}.png", seed=i)
+    started = Started(["in", "-o", "out", "--batch-size", "4", "--json", *SMALL_MODEL], tmp_path)
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def started(size_limited, request):
+    """Both first runs in flight; the full-disk one only where a tmpfs can be mounted."""
+    try:
+        request.getfixturevalue("first_full_run")
+    except pytest.skip.Exception:
+        pass  # the full-disk test reports the skip itself
+    return size_limited
+
+
+def test_a_file_size_limit_fails_only_the_inputs_too_large(started):
+    size_limited = started
+    folder, big, small = size_limited.folder, size_limited.big, size_limited.small
+    run = size_limited.result()
     assert run.returncode == 1, run.stderr
     lines = _lines(run.stderr)
     assert lines[0] == WARNING and lines[-1].startswith("camcli: 6 done, 6 failed in ")
@@ -63,45 +115,44 @@ def test_a_file_size_limit_fails_only_the_inputs_too_large(tmp_path):
     assert sorted(records) == sorted(f"{Path(n).name}.cam.json" for n in small)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs mounted at ``tmp_path / "out"``; unmounted afterwards."""
-    disk = tmp_path / "out"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=True)
+def test_the_policy_stops_at_the_first_streak_and_a_write_between_resets_it():
+    """What the full-disk runs rely on, on results alone: a success between two failures
+    (a failed write's clean-up freed room) resets the streak, a skipped input or another
+    failure does not; the streak's last result is passed on, then the source is closed."""
+    import errno
+    import os
+
+    from camcli.pipeline import ImageResult
+    from camcli.runner import OutputsFullError, stop_when_full
+
+    def full(name):
+        no_space = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return ImageResult.failed(name, "no space", no_space)
+
+    sequence = [full("a"), ImageResult(Path("b"), ok=True), full("c"),
+                ImageResult(Path("d"), ok=True, skipped=True), full("e"),
+                ImageResult.failed("f", "not an image", ValueError("f")), full("g"), full("h")]
+    closed = []
+
+    def source():
+        try:
+            yield from sequence
+        finally:
+            closed.append(True)
+
+    passed = []
+    with pytest.raises(OutputsFullError, match=rf"stopped: {STOP_AFTER_FULL_WRITES} inputs in a "
+                       r"row could not be written \(No space left on device\)"):
+        for result in stop_when_full(source()):
+            passed.append(str(result.path))
+    assert STOP_AFTER_FULL_WRITES == 3  # the sequence above is built for a streak of 3
+    assert passed == ["a", "b", "c", "d", "e", "f", "g"] and closed == [True]
 
 
-def test_a_full_disk_stops_the_run_and_skip_existing_finishes_it(tmp_path, small_disk):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    count = 30  # ~360 kB overlays: a 1 MiB disk holds two or three
-    for i in range(count):
-        _noise(folder / f"img{i:02d}.png", seed=i)
-    run = run_explain(["in", "-o", "out", "--batch-size", "4", *SMALL_MODEL], tmp_path)
-    assert run.returncode == 1, run.stderr
-    lines = _lines(run.stderr)
-    failures = [line for line in lines if line.startswith("in/")]
-    assert len(failures) == STOP_AFTER_FULL_WRITES, run.stderr
-    for line in failures:
-        assert re.fullmatch(
-            r"in/img\d\d\.png: cannot write outputs out/in/img\d\d\.png\.cam\.(png|json): "
-            r"No space left on device", line
-        ), line
-    (stopped,) = [line for line in lines if line.startswith("camcli: error:")]
-    assert stopped == (
-        f"camcli: error: stopped: {STOP_AFTER_FULL_WRITES} inputs in a row could not be written "
-        "(No space left on device); free some space and rerun with --skip-existing to do "
-        "what is missing"
-    )
-    done = int(re.search(r"camcli: (\d+) done, (\d+) failed", lines[-1]).group(1))
-    assert done + len(failures) < count, "the run went on after the disk was full"
-    assert len(lines) == 2 + len(failures) + 1, run.stderr  # warning, failures, stop, summary
+def test_a_full_disk_stops_the_run_and_skip_existing_finishes_it(small_disk, first_full_run):
+    tmp_path, count = first_full_run.cwd, FULL_COUNT
+    run = first_full_run.result()  # camcli explain in -o out --json, out being 1 MiB
+    done = check_stopped_when_full(run, count, STOP_AFTER_FULL_WRITES)
     first = check_output_sets(small_disk)
     assert len(first) == done
 

@@ -344,3 +344,13 @@ def test_unreadable_file(tmp_path):
     path = _save(tmp_path / "secret.png")
     path.chmod(0)
     assert _reason(path) == "permission denied"
+
+
+def test_the_default_pixel_limit_is_pillows():
+    """camcli.limits spells Pillow's decompression-bomb limit out, so `camcli --help` needs no
+    Pillow; the two must not drift."""
+    from PIL import Image
+
+    from camcli.limits import DEFAULT_MAX_PIXELS
+
+    assert DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS

@@ -154,21 +154,51 @@ def test_sigkill_mid_run_then_skip_existing_makes_exactly_the_missing_outputs(tm
 # --------------------------------------------------------------------------- SIGINT, SIGTERM
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_stops_after_the_batch_in_flight_with_a_summary(tmp_path, signum):
-    imgs = tmp_path / "imgs"
-    inputs = _make_inputs(imgs)
-    out, log = tmp_path / "stdout", tmp_path / "stderr"
-    with open(out, "w") as stdout, open(log, "w") as stderr:
-        process = _start(["imgs", "--batch-size", "4", *MODEL, "--json"], tmp_path, stdout, stderr)
-        try:
-            _wait_for_records(process, imgs, 8, log)
-            process.send_signal(signum)
-            returncode = process.wait(timeout=120)
-        finally:
+SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
+
+
+@pytest.fixture(scope="module")
+def signalled(tmp_path_factory):
+    """One run per signal, started together (each start-up imports TensorFlow: seconds of one
+    core), each in a folder of its own; each gets its signal once it has written 8 records.
+    Returns signal name -> (folder, inputs, returncode, stdout file, stderr file)."""
+    started = {}
+    for name in SIGNALS:
+        root = tmp_path_factory.mktemp(name)
+        inputs = _make_inputs(root / "imgs")
+        out, log = root / "stdout", root / "stderr"
+        with open(out, "w") as stdout, open(log, "w") as stderr:
+            process = _start(["imgs", "--batch-size", "4", *MODEL, "--json"], root, stdout,
+                             stderr)
+        started[name] = (root, inputs, process, out, log)
+    results = {}
+    try:
+        pending = dict(started)
+        deadline = time.monotonic() + 240
+        while pending:  # signal each run as soon as it has 8 records, as the test did
+            for name, (root, _, process, _, log) in list(pending.items()):
+                if len(list((root / "imgs").glob("*.cam.json"))) >= 8:
+                    process.send_signal(SIGNALS[name])
+                    del pending[name]
+                else:
+                    assert process.poll() is None, (
+                        f"camcli ended before it was stopped:\n{log.read_text()}")
+            assert time.monotonic() < deadline, "no outputs appeared"
+            time.sleep(0.005)
+        for name, (root, inputs, process, out, log) in started.items():
+            results[name] = (root, inputs, process.wait(timeout=120), out, log)
+    finally:
+        for _, _, process, _, _ in started.values():
             if process.poll() is None:
                 process.kill()
                 process.wait()
+    return results
+
+
+@pytest.mark.parametrize("signame", list(SIGNALS))
+def test_a_signal_stops_after_the_batch_in_flight_with_a_summary(signalled, signame):
+    tmp_path, inputs, returncode, out, log = signalled[signame]
+    imgs = tmp_path / "imgs"
     stderr_text = log.read_text()
 
     assert returncode == 130, stderr_text

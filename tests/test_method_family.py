@@ -647,20 +647,47 @@ CAMCLI = Path(sys.executable).with_name("camcli")
 CLI_MODEL = ("--model", "mobilenet_v1_0.25_128", "--weights", "none")  # 4x4 default map
 
 
-def _camcli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _start(*args: str, cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, KERAS_HOME=str(cwd / "keras_home"))
     for name in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
         env[name] = "http://127.0.0.1:9"  # nothing can be downloaded
-    return subprocess.run([str(CAMCLI), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.Popen([str(CAMCLI), *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
-def picture(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cli")
+def cli_runs(tmp_path_factory) -> dict:
+    """The three CLI tests' runs, started together (each start-up imports TensorFlow: seconds
+    of one core), each on the same photo in a folder of its own; each test waits for its own.
+    Returns name -> (folder, process)."""
     pixels = np.random.default_rng(9).integers(0, 256, size=(96, 120, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(folder / "photo.png")
-    return folder
+    commands = {
+        "method": ["--method", "Grad-CAM++", "--eigen-smooth", "--json", "--quiet"],
+        "fused": ["--layer", "conv_pw_11_relu", "--layer", "conv_pw_13_relu", "--fuse", "max",
+                  "--method", "scorecam", "--scorecam-channels", "4", "--scorecam-batch", "3",
+                  "--save-heatmap", "--json", "--quiet"],
+        "unknown": ["--method", "gradcam+++"],
+    }
+    runs = {}
+    for name, options in commands.items():
+        folder = tmp_path_factory.mktemp(f"cli_{name}")
+        Image.fromarray(pixels).save(folder / "photo.png")
+        runs[name] = (folder, _start("explain", "photo.png", *CLI_MODEL, *options, cwd=folder))
+    yield runs
+    for _, process in runs.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _record(run: subprocess.CompletedProcess) -> dict:
@@ -672,9 +699,10 @@ def _record(run: subprocess.CompletedProcess) -> dict:
     return record
 
 
-def test_cli_records_the_method_and_its_options(picture):
-    run = _camcli("explain", "photo.png", *CLI_MODEL, "--method", "Grad-CAM++", "--eigen-smooth",
-                  "--json", "--quiet", cwd=picture)
+def test_cli_records_the_method_and_its_options(cli_runs):
+    # camcli explain photo.png --method Grad-CAM++ --eigen-smooth --json --quiet
+    picture, process = cli_runs["method"]
+    run = _wait(process)
     record = _record(run)
     assert record["method"] == "gradcam++"
     assert record["method_options"] == {"eigen_smooth": True, "aug_smooth": False}
@@ -683,11 +711,11 @@ def test_cli_records_the_method_and_its_options(picture):
     assert written["method"] == "gradcam++" and written["method_options"]["eigen_smooth"]
 
 
-def test_cli_fuses_several_layers_and_records_them(picture):
-    run = _camcli("explain", "photo.png", *CLI_MODEL, "--layer", "conv_pw_11_relu",
-                  "--layer", "conv_pw_13_relu", "--fuse", "max", "--method", "scorecam",
-                  "--scorecam-channels", "4", "--scorecam-batch", "3", "--save-heatmap",
-                  "--json", "--quiet", cwd=picture)
+def test_cli_fuses_several_layers_and_records_them(cli_runs):
+    # camcli explain photo.png --layer conv_pw_11_relu --layer conv_pw_13_relu --fuse max
+    #   --method scorecam --scorecam-channels 4 --scorecam-batch 3 --save-heatmap --json --quiet
+    picture, process = cli_runs["fused"]
+    run = _wait(process)
     record = _record(run)
     assert record["method"] == "scorecam"
     assert record["model"]["layer"] == "conv_pw_11_relu + conv_pw_13_relu"
@@ -697,8 +725,8 @@ def test_cli_fuses_several_layers_and_records_them(picture):
     assert heatmap.shape == (8, 8)  # the finer layer's size (conv_pw_11_relu), not 4x4
 
 
-def test_cli_unknown_method_is_a_usage_error_with_suggestions(picture):
-    run = _camcli("explain", "photo.png", *CLI_MODEL, "--method", "gradcam+++", cwd=picture)
+def test_cli_unknown_method_is_a_usage_error_with_suggestions(cli_runs):
+    run = _wait(cli_runs["unknown"][1])  # camcli explain photo.png --method gradcam+++
     assert run.returncode == 2, run.stderr
     error = [line for line in run.stderr.splitlines() if line.startswith("camcli: error:")]
     assert len(error) == 1, run.stderr

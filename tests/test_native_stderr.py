@@ -15,7 +15,8 @@ import subprocess
 import sys
 
 import numpy as np
-from cli_helpers import SMALL_MODEL, WARNING, run_explain
+import pytest
+from cli_helpers import SMALL_MODEL, WARNING, start_explain
 from cli_helpers import nonblank_lines as _lines
 from PIL import Image
 
@@ -44,9 +45,37 @@ def _inputs(tmp_path):
     assert plain.stdout.strip() == "(80, 60)"
 
 
-def test_c_library_warnings_never_reach_stderr(tmp_path):
-    _inputs(tmp_path)
-    run = run_explain(["noisy.tif", "plain.png", *SMALL_MODEL], tmp_path)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The run without and the run with ``--debug``, started together (each start-up imports
+    TensorFlow: seconds of one core), each over the same two inputs in a folder of its own."""
+    started = {}
+    for name, extra in (("plain", ()), ("debug", ("--debug",))):
+        folder = tmp_path_factory.mktemp(name)
+        _inputs(folder)
+        started[name] = (folder, start_explain(["noisy.tif", "plain.png", *extra, *SMALL_MODEL],
+                                               folder, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE))
+    yield started
+    for _, process in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _result(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        out, err = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def test_c_library_warnings_never_reach_stderr(runs):
+    tmp_path, process = runs["plain"]
+    run = _result(process)  # camcli explain noisy.tif plain.png
     assert run.returncode == 0, run.stderr
     lines = _lines(run.stderr)
     assert lines[0] == WARNING
@@ -55,9 +84,8 @@ def test_c_library_warnings_never_reach_stderr(tmp_path):
     assert (tmp_path / "noisy.tif.cam.png").is_file()
 
 
-def test_debug_shows_them_attached_to_the_input(tmp_path):
-    _inputs(tmp_path)
-    run = run_explain(["noisy.tif", "plain.png", "--debug", *SMALL_MODEL], tmp_path)
+def test_debug_shows_them_attached_to_the_input(runs):
+    run = _result(runs["debug"][1])  # camcli explain noisy.tif plain.png --debug
     assert run.returncode == 0, run.stderr
     noisy = [line for line in _lines(run.stderr) if NOISE in line]
     assert noisy, run.stderr

@@ -27,8 +27,8 @@ from cli_helpers import (
     CAMCLI,
     SMALL_MODEL,
     WARNING,
+    Started,
     drop_file_privileges,
-    run_explain,
     why_file_privileges_stay,
 )
 from cli_helpers import nonblank_lines as _lines
@@ -37,10 +37,6 @@ from PIL import Image
 
 MODEL = SMALL_MODEL
 GB = 1024**3
-
-
-def _run(args, cwd: Path, preexec_fn=None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return run_explain(args, cwd, timeout, preexec_fn=preexec_fn)
 
 
 def _by_input(stdout: str) -> dict[str, dict]:
@@ -72,24 +68,16 @@ def _image_size(path: Path) -> tuple[int, int]:
         return image.size
 
 
-# --------------------------------------------------------------------------- file privileges
-
-def unprivileged():
-    """A ``preexec_fn`` under which the child obeys file permissions (``None``: it already does;
-    see cli_helpers.why_file_privileges_stay). Skips if the container does not allow that."""
-    if os.geteuid() != 0:
-        return None
-    why_not = why_file_privileges_stay()
-    if why_not:
-        pytest.skip(why_not)
-    return drop_file_privileges
-
-
 # --------------------------------------------------------------------------- never over an input
 
 
-def test_no_output_replaces_an_input_with_out_dir_dot(tmp_path):
-    work = tmp_path / "work"
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """The three runs of the tests below, started together: they are independent, and each
+    start-up imports TensorFlow (seconds of one core). Each has a folder of its own."""
+    runs = {}
+
+    work = tmp_path_factory.mktemp("dot") / "work"
     _photo(work / "a.png", seed=1)
     _photo(work / "b.jpg", seed=2)
     _photo(work / "c.png", seed=3)
@@ -97,8 +85,37 @@ def test_no_output_replaces_an_input_with_out_dir_dot(tmp_path):
     _photo(work / "scan", seed=4)  # no extension: its overlay would be "scan.cam.jpg" ...
     _photo(work / "scan.cam.jpg", size=(40, 30), seed=5)  # ... which is another user's photo
     before = _digests(work)
+    runs["dot"] = Started([".", "scan", "-o", ".", "--overlay-format", "jpg", *MODEL, "--json"],
+                          work, facts={"before": before})
 
-    run = _run([".", "scan", "-o", ".", "--overlay-format", "jpg", *MODEL, "--json"], cwd=work)
+    folder = tmp_path_factory.mktemp("same")
+    imgs = folder / "imgs"
+    _photo(imgs / "x.png", seed=6)
+    _photo(imgs / "sub" / "y.jpg", seed=7)
+    before = _digests(imgs)
+    runs["same"] = Started(["imgs", "-r", "-o", "imgs", *MODEL, "--json", "-q"], folder,
+                           facts={"before": before})
+
+    why_not = why_file_privileges_stay() if os.geteuid() == 0 else None
+    if why_not is None:
+        folder = tmp_path_factory.mktemp("locked")
+        locked = folder / "locked"
+        _photo(locked / "p.png", seed=8)
+        _photo(folder / "open" / "q.png", seed=9)
+        locked.chmod(0o555)
+        preexec = drop_file_privileges if os.geteuid() == 0 else None
+        runs["locked"] = Started(["locked/p.png", "open/q.png", *MODEL, "--json"], folder,
+                                 preexec_fn=preexec, after=lambda: locked.chmod(0o755))
+    runs["why_not_unprivileged"] = why_not
+    yield runs
+    for run in runs.values():
+        if isinstance(run, Started):
+            run.stop()
+
+
+def test_no_output_replaces_an_input_with_out_dir_dot(started):
+    work, before = started["dot"].cwd, started["dot"].facts["before"]
+    run = started["dot"].result()
 
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr
@@ -133,13 +150,9 @@ def test_no_output_replaces_an_input_with_out_dir_dot(tmp_path):
     assert not list(work.glob(".*camcli-tmp"))
 
 
-def test_out_dir_equal_to_the_input_folder_mirrors_inside_it(tmp_path):
-    imgs = tmp_path / "imgs"
-    _photo(imgs / "x.png", seed=6)
-    _photo(imgs / "sub" / "y.jpg", seed=7)
-    before = _digests(imgs)
-
-    run = _run(["imgs", "-r", "-o", "imgs", *MODEL, "--json", "-q"], cwd=tmp_path)
+def test_out_dir_equal_to_the_input_folder_mirrors_inside_it(started):
+    imgs, before = started["same"].cwd / "imgs", started["same"].facts["before"]
+    run = started["same"].result()
 
     assert run.returncode == 0, run.stderr
     assert _lines(run.stderr) == [WARNING]
@@ -170,16 +183,12 @@ def test_out_dir_equal_to_the_input_folder_mirrors_inside_it(tmp_path):
 # --------------------------------------------------------------------------- read-only folder
 
 
-def test_a_read_only_output_folder_fails_only_its_inputs(tmp_path):
-    preexec = unprivileged()
+def test_a_read_only_output_folder_fails_only_its_inputs(started):
+    if started["why_not_unprivileged"]:
+        pytest.skip(started["why_not_unprivileged"])
+    tmp_path = started["locked"].cwd
     locked = tmp_path / "locked"
-    _photo(locked / "p.png", seed=8)
-    _photo(tmp_path / "open" / "q.png", seed=9)
-    locked.chmod(0o555)
-    try:
-        run = _run(["locked/p.png", "open/q.png", *MODEL, "--json"], tmp_path, preexec)
-    finally:
-        locked.chmod(0o755)
+    run = started["locked"].result()  # locked/ is mode 555 until the run is over
 
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr
@@ -209,30 +218,44 @@ def _vm_hwm(pid: int) -> int | None:
     return None
 
 
-def _run_measured(args, cwd: Path, timeout: float = 300):
-    """Run camcli; return (returncode, stdout, stderr, peak RSS in bytes of that child alone).
+def _run_measured(commands, cwd: Path, timeout: float = 300):
+    """Run camcli once per argument list in ``commands``, all at once; return, per command,
+    (returncode, stdout, stderr, peak RSS in bytes of that child alone).
 
-    The peak is polled from /proc (VmHWM restarts at exec). wait4's ru_maxrss would not do: at
-    exec Linux records the forked copy's high-water mark, i.e. this pytest process's own size.
+    The peak is polled from /proc (VmHWM restarts at exec), per process, so children running
+    side by side are each measured alone. wait4's ru_maxrss would not do: at exec Linux
+    records the forked copy's high-water mark, i.e. this pytest process's own size.
     """
-    out, err = cwd / f"stdout{time.monotonic_ns()}", cwd / f"stderr{time.monotonic_ns()}"
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        process = subprocess.Popen(
-            [str(CAMCLI), "explain", *args], cwd=cwd, env=_env(cwd), stdout=stdout, stderr=stderr
-        )
+    started = []
+    for i, args in enumerate(commands):
+        stamp = f"{i}.{time.monotonic_ns()}"
+        out, err = cwd / f"stdout{stamp}", cwd / f"stderr{stamp}"
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            process = subprocess.Popen([str(CAMCLI), "explain", *args], cwd=cwd, env=_env(cwd),
+                                       stdout=stdout, stderr=stderr)
+        started.append((args, process, out, err))
     deadline = time.monotonic() + timeout
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, _vm_hwm(process.pid) or 0)
-        if time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            pytest.fail(f"camcli {' '.join(args)} did not finish in {timeout}s")
-        time.sleep(0.02)
-    text = out.read_text(), err.read_text()
-    out.unlink()
-    err.unlink()
-    return process.returncode, *text, peak
+    peaks = [0] * len(started)
+    try:
+        while any(process.poll() is None for _, process, _, _ in started):
+            for i, (_, process, _, _) in enumerate(started):
+                if process.poll() is None:
+                    peaks[i] = max(peaks[i], _vm_hwm(process.pid) or 0)
+            if time.monotonic() > deadline:
+                pytest.fail(f"camcli did not finish in {timeout}s")
+            time.sleep(0.02)
+    finally:
+        for _, process, _, _ in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    results = []
+    for (_, process, out, err), peak in zip(started, peaks, strict=True):
+        text = out.read_text(), err.read_text()
+        out.unlink()
+        err.unlink()
+        results.append((process.returncode, *text, peak))
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -251,16 +274,18 @@ def huge_jpeg(tmp_path_factory):
 
 
 def test_a_40_megapixel_jpeg_is_explained_in_bounded_memory(huge_jpeg):
-    returncode, stdout, stderr, peak = _run_measured(["huge.jpg", *MODEL, "--json"], huge_jpeg)
+    # Both runs at once (each child's peak is its own): full size, and the overlay capped.
+    (returncode, stdout, stderr, peak), capped_run = _run_measured([
+        ["huge.jpg", *MODEL, "--json"],
+        ["huge.jpg", "-o", "capped", "--max-overlay-side", "1000", *MODEL, "--json"],
+    ], huge_jpeg)
     assert returncode == 0, stderr
     (record,) = [json.loads(line) for line in _lines(stdout)]
     assert (record["input"]["width"], record["input"]["height"]) == (8000, 5000)
     assert _image_size(huge_jpeg / "huge.jpg.cam.png") == (8000, 5000)  # full resolution
     assert peak < 2.5 * GB, f"peak RSS {peak / GB:.2f} GB for a 40-megapixel input"
 
-    returncode, stdout, stderr, capped_peak = _run_measured(
-        ["huge.jpg", "-o", "capped", "--max-overlay-side", "1000", *MODEL, "--json"], huge_jpeg
-    )
+    returncode, stdout, stderr, capped_peak = capped_run
     assert returncode == 0, stderr
     (capped,) = [json.loads(line) for line in _lines(stdout)]
     assert _image_size(huge_jpeg / "capped" / "huge.jpg.cam.png") == (1000, 625)

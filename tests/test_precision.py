@@ -11,12 +11,11 @@ must stay within the held-out set's own noise (defined at POINTING_NOISE).
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, nonblank_lines, offline_env
+from cli_helpers import SMALL_MODEL, WARNING, nonblank_lines, run_all
 from PIL import Image, ImageOps
 from synthetic import point_in_box
 
@@ -253,13 +252,14 @@ def test_reduced_precision_fidelity_on_real_imagenet_weights():
 def test_cli_records_precision_in_the_json_and_fingerprint_and_warns_once(tmp_path):
     Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.full((40, 50, 3), 160, np.uint8)).save(tmp_path / "b.png")
+    names = ("float32", "bfloat16")
+    *runs, bad = run_all([  # independent runs: started together, each start-up costs seconds
+        *[["explain", "a.png", "b.png", *SMALL_MODEL, "--precision", name, "--json", "-q",
+           "--out-dir", name] for name in names],
+        ["explain", "a.png", *SMALL_MODEL, "--precision", "fp8"],
+    ], cwd=tmp_path)
     records = {}
-    for name in ("float32", "bfloat16"):
-        run = subprocess.run(
-            [str(CAMCLI), "explain", "a.png", "b.png", *SMALL_MODEL, "--precision", name,
-             "--json", "-q", "--out-dir", name],
-            cwd=tmp_path, env=offline_env(tmp_path), capture_output=True, text=True, timeout=300,
-        )
+    for name, run in zip(names, runs, strict=True):
         assert run.returncode == 0, run.stderr
         expected = [WARNING]
         reason = precisions.slow_reason(name, precisions.cpu_flags(), gpus=0)
@@ -272,9 +272,6 @@ def test_cli_records_precision_in_the_json_and_fingerprint_and_warns_once(tmp_pa
         assert f32["settings_fingerprint"] != bf16["settings_fingerprint"]
         assert f32["model"]["name"] == bf16["model"]["name"]
 
-    bad = subprocess.run([str(CAMCLI), "explain", "a.png", *SMALL_MODEL, "--precision", "fp8"],
-                         cwd=tmp_path, env=offline_env(tmp_path), capture_output=True,
-                         text=True, timeout=300)
     assert bad.returncode == 2
     assert nonblank_lines(bad.stderr)[-1].startswith("camcli: error: unknown precision 'fp8'")
     assert "Traceback" not in bad.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import CAMCLI, nonblank_lines, offline_env
+from cli_helpers import CAMCLI, nonblank_lines, offline_env, run_all
 from PIL import Image
 
 from camcli.errors import UsageError
@@ -152,9 +152,13 @@ def _summary(run) -> str:
 
 
 def test_two_shards_cover_a_single_run_exactly_once(photos):
-    whole = _camcli(photos, "-o", "whole", "-q")
+    # The unsharded run and both shards are independent: started together, as a job array would.
+    base = ["explain", "photos", "-r", "--model", "tiny.keras"]
+    whole, *runs = run_all([
+        [*base, "-o", "whole", "-q"],
+        *[[*base, "-o", f"shard{k}", "--shard", f"{k}/2", "--json"] for k in (1, 2)],
+    ], photos, timeout=600)
     assert whole.returncode == 0, whole.stderr
-    runs = [_camcli(photos, "-o", f"shard{k}", "--shard", f"{k}/2", "--json") for k in (1, 2)]
     taken = []
     for k, run in enumerate(runs, start=1):
         assert run.returncode == 0, run.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, offline_env
+from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, offline_env, run_all
 from PIL import Image
 
 from camcli import storage
@@ -290,14 +290,17 @@ def test_stdin_urls_a_deleted_key_and_http_inputs(bucket, s3_server, web, tmp_pa
 def test_a_prefix_that_cannot_be_listed_is_a_usage_error_without_secrets(s3_server, tmp_path):
     wrong = {**s3_server.env, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONG",
              "AWS_SECRET_ACCESS_KEY": "wrong-secret-do-not-print"}
-    run = _camcli("s3://photos/set/", "--debug", "--storage-option",
-                  "client_kwargs={\"region_name\": \"us-east-1\"}", cwd=tmp_path, **wrong)
+    run, missing = run_all([  # independent: started together, each start-up costs seconds
+        (["explain", *SMALL_MODEL, "s3://photos/set/", "--debug", "--storage-option",
+          "client_kwargs={\"region_name\": \"us-east-1\"}"], offline_env(tmp_path, **wrong)),
+        (["explain", *SMALL_MODEL, "s3://no-such-bucket/x/"],
+         offline_env(tmp_path, **s3_server.env)),
+    ], tmp_path)
     assert run.returncode == 2, run.stderr
     assert "camcli: error: s3://photos/set/: cannot list: access denied" in run.stderr
     assert WARNING not in run.stderr  # the model was never loaded
     assert "wrong-secret-do-not-print" not in run.stderr + run.stdout
 
-    missing = _camcli("s3://no-such-bucket/x/", cwd=tmp_path, **s3_server.env)
     assert missing.returncode == 2, missing.stderr
     assert _camcli_lines(missing.stderr) == [
         "camcli: error: s3://no-such-bucket/x/: cannot list: "
@@ -308,9 +311,12 @@ def test_a_prefix_that_cannot_be_listed_is_a_usage_error_without_secrets(s3_serv
 def test_two_shards_of_a_prefix_cover_it_once(bucket, s3_server, tmp_path):
     client, images = bucket
     seen = []
-    for k in (1, 2):
-        run = _camcli("s3://photos/set/", "-r", "-o", "s3://cams/sharded/", "--json",
-                      "--shard", f"{k}/2", cwd=tmp_path, **s3_server.env)
+    runs = run_all([  # the two shards run at once, as a job array runs them
+        (["explain", *SMALL_MODEL, "s3://photos/set/", "-r", "-o", "s3://cams/sharded/",
+          "--json", "--shard", f"{k}/2"], offline_env(tmp_path, **s3_server.env))
+        for k in (1, 2)
+    ], tmp_path)
+    for k, run in enumerate(runs, start=1):
         assert run.returncode in (0, 1), run.stderr
         assert f"shard {k}/2: " in run.stderr.splitlines()[-1]
         seen.append({line["input"] if not line["ok"] else line["input"]["path"]
