@@ -111,6 +111,11 @@ def main(argv: list[str]) -> int:
 
     from camcli import engine, loading  # noqa: F401  (imported before the freeze below)
 
+    # One image runs alone, not beside a copy of itself: what is checked here is each model's
+    # structure and one finite map, not the batch-independent bits MIN_BATCH buys (test_engine
+    # checks those); the copy would double the largest models' time (EfficientNetB7: 28 s).
+    engine.MIN_BATCH = 1
+
     # What is loaded so far (TensorFlow, Keras, camcli: ~270,000 objects) stays for the whole
     # process: freeze it out of the garbage collector's sweeps, so that each collection (the
     # automatic ones while a model is built, clear_session's after it) walks only the objects

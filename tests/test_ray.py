@@ -182,9 +182,11 @@ def _workers() -> list[int]:
 
 
 def test_ctrl_c_on_the_driver_exits_130_and_skip_existing_resumes(local, ray_cluster):
-    """With no --ray-address: a local Ray instance started for the run, stopped with it."""
-    root, env, _, local_outputs = local
-    env = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")} | {"RAY_ADDRESS": ""}
+    """With no --ray-address: a local Ray instance started for the run, stopped with it. The
+    resumed run uses the session's cluster (a second instance would only cost time)."""
+    root, cluster_env, _, local_outputs = local
+    env = {k: v for k, v in cluster_env.items() if not k.startswith("RAY_AUTH")}
+    env["RAY_ADDRESS"] = ""
     args = ["in", *OPTIONS, "--out-dir", "stopped", "--json", *ON_RAY, "--batch-size", "2"]
     process, first = _started(root, env, *args)
     process.send_signal(signal.SIGINT)
@@ -203,7 +205,8 @@ def test_ctrl_c_on_the_driver_exits_130_and_skip_existing_resumes(local, ray_clu
             assert written[name] <= local_outputs[name]
         else:
             assert written[name] == local_outputs[name], name
-    resumed = _camcli(root, *args, "--skip-existing", env=env)
+    resumed = _camcli(root, *args, "--skip-existing", "--ray-address", ray_cluster.address,
+                      env=cluster_env)
     assert resumed.returncode == 1, resumed.stderr
     summary = resumed.stderr.strip().splitlines()[-1]
     assert f"{32 - len(records)} done, {len(records)} skipped, 3 failed" in summary, summary
