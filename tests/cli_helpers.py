@@ -105,10 +105,7 @@ def run_all(commands, cwd: Path, timeout: float = 300, **kwargs):
             out, err = process.communicate(timeout=timeout)
             done.append(subprocess.CompletedProcess(args, process.returncode, out, err))
     finally:
-        for _, process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stop(*(process for _, process in started))
     return done
 
 
@@ -118,6 +115,23 @@ def start_explain(args, cwd: Path, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [str(CAMCLI), "explain", *args], cwd=cwd, env=offline_env(cwd), text=True, **kwargs
     )
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Wait for a run :func:`start_explain` started with output captured; killed on timeout."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        stop(process)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def stop(*processes: subprocess.Popen) -> None:
+    """Kill and reap whichever of ``processes`` still run (a fixture's clean-up)."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 class Started:

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from cli_helpers import SMALL_MODEL, finish, start_explain, stop
 from PIL import Image
 from synthetic import point_in_box
 
@@ -643,27 +641,6 @@ def test_flipping_the_image_flips_the_aug_smoothed_map(cnn, method):
 
 # =========================================================================== 4. the CLI
 
-CAMCLI = Path(sys.executable).with_name("camcli")
-CLI_MODEL = ("--model", "mobilenet_v1_0.25_128", "--weights", "none")  # 4x4 default map
-
-
-def _start(*args: str, cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ, KERAS_HOME=str(cwd / "keras_home"))
-    for name in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
-        env[name] = "http://127.0.0.1:9"  # nothing can be downloaded
-    return subprocess.Popen([str(CAMCLI), *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _wait(process: subprocess.Popen) -> subprocess.CompletedProcess:
-    try:
-        out, err = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
-
 
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory) -> dict:
@@ -682,12 +659,10 @@ def cli_runs(tmp_path_factory) -> dict:
     for name, options in commands.items():
         folder = tmp_path_factory.mktemp(f"cli_{name}")
         Image.fromarray(pixels).save(folder / "photo.png")
-        runs[name] = (folder, _start("explain", "photo.png", *CLI_MODEL, *options, cwd=folder))
+        runs[name] = (folder, start_explain(["photo.png", *SMALL_MODEL, *options], folder,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     yield runs
-    for _, process in runs.values():
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    stop(*(process for _, process in runs.values()))
 
 
 def _record(run: subprocess.CompletedProcess) -> dict:
@@ -702,7 +677,7 @@ def _record(run: subprocess.CompletedProcess) -> dict:
 def test_cli_records_the_method_and_its_options(cli_runs):
     # camcli explain photo.png --method Grad-CAM++ --eigen-smooth --json --quiet
     picture, process = cli_runs["method"]
-    run = _wait(process)
+    run = finish(process)
     record = _record(run)
     assert record["method"] == "gradcam++"
     assert record["method_options"] == {"eigen_smooth": True, "aug_smooth": False}
@@ -715,7 +690,7 @@ def test_cli_fuses_several_layers_and_records_them(cli_runs):
     # camcli explain photo.png --layer conv_pw_11_relu --layer conv_pw_13_relu --fuse max
     #   --method scorecam --scorecam-channels 4 --scorecam-batch 3 --save-heatmap --json --quiet
     picture, process = cli_runs["fused"]
-    run = _wait(process)
+    run = finish(process)
     record = _record(run)
     assert record["method"] == "scorecam"
     assert record["model"]["layer"] == "conv_pw_11_relu + conv_pw_13_relu"
@@ -726,7 +701,7 @@ def test_cli_fuses_several_layers_and_records_them(cli_runs):
 
 
 def test_cli_unknown_method_is_a_usage_error_with_suggestions(cli_runs):
-    run = _wait(cli_runs["unknown"][1])  # camcli explain photo.png --method gradcam+++
+    run = finish(cli_runs["unknown"][1])  # camcli explain photo.png --method gradcam+++
     assert run.returncode == 2, run.stderr
     error = [line for line in run.stderr.splitlines() if line.startswith("camcli: error:")]
     assert len(error) == 1, run.stderr

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 import pytest
-from cli_helpers import SMALL_MODEL, WARNING, start_explain
+from cli_helpers import SMALL_MODEL, WARNING, finish, start_explain, stop
 from cli_helpers import nonblank_lines as _lines
 from PIL import Image
 
@@ -57,25 +57,12 @@ def runs(tmp_path_factory):
                                                folder, stdout=subprocess.PIPE,
                                                stderr=subprocess.PIPE))
     yield started
-    for _, process in started.values():
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def _result(process: subprocess.Popen) -> subprocess.CompletedProcess:
-    try:
-        out, err = process.communicate(timeout=240)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    stop(*(process for _, process in started.values()))
 
 
 def test_c_library_warnings_never_reach_stderr(runs):
     tmp_path, process = runs["plain"]
-    run = _result(process)  # camcli explain noisy.tif plain.png
+    run = finish(process, 240)  # camcli explain noisy.tif plain.png
     assert run.returncode == 0, run.stderr
     lines = _lines(run.stderr)
     assert lines[0] == WARNING
@@ -85,7 +72,7 @@ def test_c_library_warnings_never_reach_stderr(runs):
 
 
 def test_debug_shows_them_attached_to_the_input(runs):
-    run = _result(runs["debug"][1])  # camcli explain noisy.tif plain.png --debug
+    run = finish(runs["debug"][1], 240)  # camcli explain noisy.tif plain.png --debug
     assert run.returncode == 0, run.stderr
     noisy = [line for line in _lines(run.stderr) if NOISE in line]
     assert noisy, run.stderr
