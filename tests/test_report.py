@@ -372,10 +372,12 @@ def test_class_counts_and_page_counts():
 
 
 def test_json_script_cannot_be_closed_by_a_file_name():
-    element = json_script("d", {"name": "</script><b>&.png"})
-    assert element.count("</script>") == 1
+    name = "</script><b>&<!--<script>\u2028.png"
+    element = json_script("d", {"name": name})
+    assert element.count("</script>") == 1 and element.count("<script") == 1
+    assert "<!--" not in element  # no script-data escape state either
     inner = element.split(">", 1)[1].rsplit("</script>", 1)[0]
-    assert json.loads(inner) == {"name": "</script><b>&.png"}
+    assert json.loads(inner) == {"name": name}
 
 
 def _write_run(folder: Path, names: list[str], probability: float, inputs: bool = False,
