@@ -4,7 +4,8 @@ thumbnails.
 Two passes, each over what it needs: every record is read once, summarised to a small card
 (:func:`~camcli.report.summary.summarise`) and dropped, so memory follows the cards, not the
 records; then the kept cards' thumbnails are drawn in a thread pool (Pillow decodes outside the
-GIL), skipping thumbnails already newer than their source. The same input found twice (two
+GIL) from the pictures :mod:`~camcli.report.pictures` found and verified, skipping thumbnails
+already newer than their picture and record. The same input found twice (two
 folders holding it, a folder given twice) is kept once: the first in the order the sources were
 given, then by record path. A logged failure of an input that has a record is dropped.
 """
