@@ -162,9 +162,19 @@ def _with_pictures(found: _Found, folder: ReportFolder) -> dict:
         card["note"] = picture
     since = _mtime(record)
     card["thumb"] = _thumbnail(picture, folder, THUMB_NAMES["input"] % card["id"], since)
-    overlay = pictures.read_overlay(overlays[0]) if overlays and overlays[0] else None
-    card["cam"] = _thumbnail(overlay, folder, THUMB_NAMES["overlay"] % card["id"], since)
+    card["cam"] = _overlay_thumbnail(overlays[0] if overlays else None, folder,
+                                     THUMB_NAMES["overlay"] % card["id"], since)
     return card
+
+
+def _overlay_thumbnail(path: Path | None, folder: ReportFolder, name: str, since: float) -> bool:
+    """An overlay is one of the run's own files, replaced by a rename when rewritten: its
+    thumbnail is up to date when newer than it (and the record), without reading it again."""
+    changed = pictures.overlay_mtime(path) if path else None
+    drawn = folder.mtime(name)
+    if changed is not None and drawn is not None and drawn >= max(changed, since):
+        return True
+    return _thumbnail(pictures.read_overlay(path) if path else None, folder, name, since)
 
 
 def _mtime(path: Path) -> float:

@@ -28,6 +28,7 @@ import io
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,12 +71,18 @@ def check_overlays(record: Path, explained: list[dict]) -> None:
                               "this record beside it")
 
 
-def is_overlay_file(path: Path) -> bool:
-    """A regular file, not a symbolic link (a link may point anywhere)."""
+def overlay_mtime(path: Path) -> float | None:
+    """When the overlay last changed; ``None`` unless it is a regular file (a symbolic link
+    may point anywhere)."""
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
+        info = os.lstat(path)
     except OSError:
-        return False
+        return None
+    return info.st_mtime if stat.S_ISREG(info.st_mode) else None
+
+
+def is_overlay_file(path: Path) -> bool:
+    return overlay_mtime(path) is not None
 
 
 def read_overlay(path: Path) -> Picture | str:
@@ -83,24 +90,32 @@ def read_overlay(path: Path) -> Picture | str:
     return _read(path, MAX_OVERLAY_BYTES, follow=False)
 
 
-def input_candidates(record: Path, recorded: str) -> list[Path]:
-    """Where the run that wrote ``record`` found its input named ``recorded``, in order."""
+def input_candidates(record: Path, recorded: str) -> Iterator[Path]:
+    """Where the run that wrote ``record`` found its input named ``recorded``, in order (lazily:
+    the first is the usual one)."""
+    seen: set[str] = set()
+    for candidate in _candidates(record, recorded):
+        key = os.path.normpath(os.path.abspath(candidate))
+        if key not in seen:
+            seen.add(key)
+            yield candidate
+
+
+def _candidates(record: Path, recorded: str) -> Iterator[Path]:
+    yield input_base(record)
+    if not recorded:
+        return
     named = Path(recorded)
-    candidates = [input_base(record)]
     if named.is_absolute():
-        candidates.append(named)
-    elif recorded and ".." not in named.parts:
-        candidates.append(Path.cwd() / named)
-        mirrored = input_base(Path(os.path.abspath(record)))  # OUT/<named> with --out-dir OUT
-        depth = len(named.parts)
-        if mirrored.parts[-depth:] == named.parts and len(mirrored.parts) > depth + 1:
-            candidates.append(mirrored.parents[depth] / named)  # the folder holding OUT
-    elif recorded:
-        candidates.append(Path.cwd() / named)
-    unique: dict[str, Path] = {}
-    for candidate in candidates:
-        unique.setdefault(os.path.normpath(os.path.abspath(candidate)), candidate)
-    return list(unique.values())
+        yield named
+        return
+    yield Path.cwd() / named
+    if ".." in named.parts:
+        return
+    mirrored = input_base(Path(os.path.abspath(record)))  # OUT/<named> with --out-dir OUT
+    depth = len(named.parts)
+    if mirrored.parts[-depth:] == named.parts and len(mirrored.parts) > depth + 1:
+        yield mirrored.parents[depth] / named  # the folder holding OUT
 
 
 def find_input(record: Path, described: dict) -> Picture | str:
