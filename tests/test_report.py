@@ -498,6 +498,28 @@ def test_a_bad_number_is_a_bad_record_and_the_rest_is_reported(tmp_path):
         "ok.png"]
 
 
+def test_records_that_are_fifos_or_devices_are_bad_records_not_a_hang(tmp_path):
+    import os
+
+    run = tmp_path / "run"
+    _write_run(run, ["ok.png"], 0.9)
+    os.mkfifo(run / "fifo.png.cam.json")  # no writer: opening it for reading would block
+    (run / "zero.png.cam.json").symlink_to("/dev/zero")  # endless
+    (run / "camcli-failures").mkdir()
+    os.mkfifo(run / "camcli-failures" / "20260101T000000.000000Z-1.jsonl")
+    report = subprocess.run([str(CAMCLI), "report", "run", "-o", "report"], cwd=tmp_path,
+                            env=offline_env(tmp_path), text=True, capture_output=True,
+                            timeout=60)
+    assert report.returncode == 1, report.stderr
+    assert nonblank_lines(report.stderr)[:-1] == [
+        "camcli: run/fifo.png.cam.json: cannot read record: not a regular file",
+        "camcli: run/zero.png.cam.json: cannot read record: not a regular file",
+        "camcli: run/camcli-failures/20260101T000000.000000Z-1.jsonl: cannot read failure log: "
+        "not a regular file"]
+    assert [c["name"] for c in _page_data(tmp_path / "report" / "index.html")["cards"]] == [
+        "ok.png"]
+
+
 def test_a_symlinked_report_folder_is_refused_and_its_target_left_alone(tmp_path):
     _write_run(tmp_path / "run", ["a.png"], 0.9)
     victim = tmp_path / "victim"

@@ -94,7 +94,10 @@ def build_report(
                 progress(1)
         for source in opened:
             for log in reversed(list(source.failure_logs())):  # newest first: its reason wins
-                logged.extend(runlog.read_failures(source.read(log)))
+                try:
+                    logged.extend(runlog.read_failures(source.read(log)))
+                except OSError as exc:
+                    problems.append(f"{log}: cannot read failure log: {exc.strerror or exc}")
         cards = list(pool.map(lambda f: _with_pictures(f, folder), found.values()))
         known = set(found)
         failed: dict[str, dict] = {}
