@@ -165,6 +165,8 @@ def _with_pictures(found: _Found, folder: ReportFolder) -> dict:
         card["note"] = picture
     since = _mtime(record)
     card["thumb"] = _thumbnail(picture, folder, THUMB_NAMES["input"] % card["id"], since)
+    if card["input"] and not card["thumb"]:
+        card["note"] = "input not shown: no thumbnail could be drawn from it"
     card["cam"] = _overlay_thumbnail(overlays[0] if overlays else None, folder,
                                      THUMB_NAMES["overlay"] % card["id"], since)
     return card
