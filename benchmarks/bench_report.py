@@ -18,6 +18,7 @@ overlay PNG beside each, as ``camcli explain`` leaves them, then measures:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -63,7 +64,8 @@ def make_records(folder: Path, count: int, seed: int = 0) -> None:
         empty = bool(rng.random() < 0.03)
         record = {
             "schema_version": 1, "camcli_version": "bench", "versions": {},
-            "input": {"path": f"{sub.name}/{name}", "width": 64, "height": 48, "sha256": "0"},
+            "input": {"path": f"{sub.name}/{name}", "width": 64, "height": 48,
+                      "sha256": hashlib.sha256(jpeg).hexdigest()},
             "model": {"name": "synthetic", "weights": "none", "layer": "conv", "input_size": [
                 224, 224], "preprocess": "none"},
             "method": "gradcam", "method_options": {}, "score": "logit",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -515,3 +516,99 @@ def test_write_report_replaces_files_atomically(tmp_path):
     reports.write_report(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["audit.json"]
+
+
+# --------------------------------------------------------------------------- hostile strings
+# Ids, paths, labels and reasons come from manifests and models other people write: in
+# summary.md (rendered by GitHub as $GITHUB_STEP_SUMMARY) and report.html they are text, never
+# markup. The Markdown is rendered by markdown-it-py (CommonMark with GitHub's tables).
+
+HOSTILE = ("a`</code><img src=x onerror=alert(1)>|b\n## injected <!-- `` *em* _u_ "
+           "[link](javascript:alert(1)) &amp; ~~s~~ \\`")
+
+
+class _Elements(HTMLParser):
+    """Tags, attributes and the text inside each kind of element of an HTML fragment."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.open: list[str] = []
+        self.text: dict[str, list[str]] = {}
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self.open.append(tag)
+        self.text.setdefault(tag, []).append("")
+
+    def handle_endtag(self, tag):
+        if tag in self.open:
+            self.open.remove(tag)
+
+    def handle_data(self, data):
+        for tag in set(self.open):
+            self.text[tag][-1] += data
+
+
+def _hostile_record() -> dict:
+    image = _image(HOSTILE, ["fail"])
+    image["checks"][0].update(name=f"min_{HOSTILE}", message=f"energy for {HOSTILE}: fail")
+    image["explained"]["label"] = image["expected"]["label"] = HOSTILE
+    image["predictions"][0]["label"] = HOSTILE
+    image["note"] = HOSTILE
+    record = _record([image, _image("<script>alert(2)</script>", [], ok=False)])
+    record["model"] = {"name": HOSTILE, "layer": HOSTILE}
+    record["method"] = HOSTILE
+    record["manifest"]["path"] = f"/x/{HOSTILE}.csv"
+    record["baseline"] = {"path": f"/y/{HOSTILE}.json"}
+    return record
+
+
+def test_summary_markdown_renders_hostile_ids_paths_labels_and_reasons_as_text():
+    from markdown_it import MarkdownIt
+
+    markdown = reports.summary_markdown(_hostile_record())
+    html = MarkdownIt("commonmark").enable("table").render(markdown)
+    page = _Elements(html)
+    tags = {tag for tag, _ in page.tags}
+    assert tags <= {"h2", "h3", "p", "code", "table", "thead", "tbody", "tr", "th", "td"}, html
+    assert all(attributes in ({}, {"style": "text-align:right"}) for _, attributes in page.tags)
+    one_line = HOSTILE.replace("\n", "\\x0a")
+    # model, layer, method, manifest, baseline; then the failing image's id in its table cell
+    name = one_line.split("/")[-1]  # the manifest's and baseline's file names are shown
+    assert page.text["code"][:6] == [one_line, one_line, one_line, f"{name}.csv",
+                                      f"{name}.json", one_line]
+    assert len(page.text["h2"]) == 1 and "injected" not in page.text["h2"][0]
+    rows = html.split("<h3>Failed checks</h3>")[1].split("<tr>")[2:]
+    assert len(rows) == 2  # the failed check and the unreadable image, three cells each
+    assert all(row.count("<td>") == 3 for row in rows), html
+    cells = _Elements(rows[0]).text["td"]
+    assert cells[1:] == [f"min_{one_line}", f"energy for {one_line}: fail"]
+    assert _Elements(rows[1]).text["code"][0] == "<script>alert(2)</script>"
+
+
+@pytest.mark.parametrize("text", ["`", "``a`", " b ", "x|y", "", "a\\|b", "c\r\nd\u2028e"])
+def test_code_spans_and_text_keep_any_string_literal(text):
+    from markdown_it import MarkdownIt
+
+    render = MarkdownIt("commonmark").enable("table").render
+    shown = (text.replace("\r", "\\x0d").replace("\n", "\\x0a").replace("\u2028", "\\u2028")
+             or " ")  # an empty code span shows a space
+    assert _Elements(render(reports.md_code(text))).text["code"] == [shown]
+    table = render(f"| a | b |\n| --- | --- |\n| {reports.md_code(text, table=True)} | "
+                   f"{reports.md_text(text)} |\n")
+    assert _Elements(table).text["code"] == [shown]
+    assert _Elements(table).text["td"][1] == shown.strip()  # a cell's outer spaces are trimmed
+
+
+def test_audit_html_report_shows_hostile_strings_as_text():
+    record = _hostile_record()
+    page = _Elements(htmlreport.report_html(record, {}).decode())
+    assert not [t for t, a in page.tags if t == "script" and "type" not in a][1:]  # its own one
+    assert not [a for _, a in page.tags if any(k.startswith("on") for k in a)]
+    assert sorted(t for t, _ in page.tags if t == "img") == ["img", "img"]  # one card's pictures
+    cards = [a for t, a in page.tags if t == "div" and "card" in a.get("class", "")]
+    assert [card["data-id"] for card in cards] == [HOSTILE, "<script>alert(2)</script>"]
+    assert page.text["title"] == [f"camcli audit — {HOSTILE.split('/')[-1]}.csv"]
+    assert any(HOSTILE in text for text in page.text["li"])  # the check's name and message

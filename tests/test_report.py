@@ -16,8 +16,11 @@ git) for a reviewer to open.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -28,6 +31,7 @@ from browser import Browser
 from cli_helpers import CAMCLI, nonblank_lines, offline_env
 from PIL import Image
 
+from camcli.errors import UsageError
 from camcli.report import build_report, summary
 from camcli.report.page import json_script
 
@@ -368,17 +372,25 @@ def test_class_counts_and_page_counts():
 
 
 def test_json_script_cannot_be_closed_by_a_file_name():
-    element = json_script("d", {"name": "</script><b>&.png"})
-    assert element.count("</script>") == 1
+    name = "</script><b>&<!--<script>\u2028.png"
+    element = json_script("d", {"name": name})
+    assert element.count("</script>") == 1 and element.count("<script") == 1
+    assert "<!--" not in element  # no script-data escape state either
     inner = element.split(">", 1)[1].rsplit("</script>", 1)[0]
-    assert json.loads(inner) == {"name": "</script><b>&.png"}
+    assert json.loads(inner) == {"name": name}
 
 
-def _write_run(folder: Path, names: list[str], probability: float) -> None:
+def _write_run(folder: Path, names: list[str], probability: float, inputs: bool = False,
+               labels=("cat", "dog", "fox")) -> None:
+    """Records and overlays as a run leaves them; with ``inputs``, the inputs beside them too
+    (grey pictures; their sha256 in the records)."""
     for name in names:
-        record = _record(name, [probability, 1 - probability], 0.5)
+        record = _record(name, [probability, 1 - probability], 0.5, labels)
         path = folder / f"{name}.cam.json"
         path.parent.mkdir(parents=True, exist_ok=True)
+        if inputs:
+            Image.new("RGB", (10, 8), (90, 90, 90)).save(folder / name)
+            record["input"]["sha256"] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
         path.write_text(json.dumps(record))
         Image.new("RGB", (10, 8), (200, 30, 30)).save(folder / f"{name}.cam.png")
 
@@ -411,3 +423,214 @@ def test_build_report_reads_each_record_once_and_keeps_one_copy_of_an_input(tmp_
     assert built.data["failures"] == [{"name": "d.png", "error": "truncated"}]
     again = build_report([tmp_path / "second", tmp_path / "first"], tmp_path / "report2")
     assert {c["name"]: c["prob"] for c in again.data["cards"]}["a.png"] == 0.2
+
+
+# --------------------------------------------------------------------------- trusting records
+# A record is a file anyone who writes into the folders may have edited: it must not make the
+# report copy another file's picture, stop the report, or write through a link.
+
+PRIVATE = (0, 255, 0)  # no picture of these runs is green: a green thumbnail is a leak
+
+
+def _edit(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def _green_thumbnails(report: Path) -> list[str]:
+    green = []
+    for thumb in (report / "thumbs").iterdir():
+        with Image.open(thumb) as image:
+            red, grn, blue = np.asarray(image.convert("RGB"), np.float32).mean(axis=(0, 1))
+        if grn > 150 and red < 100 and blue < 100:
+            green.append(thumb.name)
+    return green
+
+
+def test_an_edited_record_cannot_make_the_report_read_a_private_file(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, ["a.png", "b.png", "c.png", "d.png"], 0.9, inputs=True)
+    secret = tmp_path / "home" / ".ssh" / "secret.png"
+    secret.parent.mkdir(parents=True)
+    Image.new("RGB", (10, 8), PRIVATE).save(secret)
+    (run / "a.png").unlink()  # a's input is gone; its record now names the private file
+    _edit(run / "a.png.cam.json", lambda r: r["input"].update(path=str(secret)))
+    _edit(run / "b.png.cam.json",
+          lambda r: r["explanations"][0].update(overlay="../home/.ssh/secret.png"))
+    (run / "c.png.cam.png").unlink()
+    (run / "c.png.cam.png").symlink_to(secret)  # c's overlay beside it is a link
+    built = build_report([run], tmp_path / "report")
+    assert built.problems == [
+        f"{run / 'b.png.cam.json'}: explanations[0].overlay '../home/.ssh/secret.png' is not "
+        "an output file of this record beside it"]
+    cards = {c["name"]: c for c in built.data["cards"]}
+    assert sorted(cards) == sorted([str(secret), "c.png", "d.png"])  # the rest is built
+    assert _green_thumbnails(tmp_path / "report") == []
+    edited = cards[str(secret)]
+    assert not edited["thumb"] and edited["input"] is None
+    assert edited["note"] == "input changed since the run (its sha256 differs): not shown"
+    assert not cards["c.png"]["cam"] and cards["c.png"]["explained"][0]["overlay"] is None
+    assert cards["d.png"]["thumb"] and cards["d.png"]["cam"]  # an untouched record: both
+
+
+def test_a_bad_number_is_a_bad_record_and_the_rest_is_reported(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, ["ok.png", "nan.png", "text.png", "inf.png", "none.png"], 0.7)
+    _edit(run / "nan.png.cam.json", lambda r: r["predictions"][0].update(probability=math.nan))
+    _edit(run / "text.png.cam.json", lambda r: r["predictions"][1].update(probability="0.3"))
+    _edit(run / "inf.png.cam.json",
+          lambda r: r["explanations"][0].update(top20_energy_share=math.inf))
+    _edit(run / "none.png.cam.json", lambda r: r["predictions"][0].update(probability=None))
+    (report,) = _run_all([["report", "run", "-o", "report"]], cwd=tmp_path)
+    assert report.returncode == 1, report.stderr
+    assert sorted(nonblank_lines(report.stderr)[:-1]) == [
+        "camcli: run/inf.png.cam.json: explanations[0].top20_energy_share is Infinity, "
+        "not a number in [0, 1]",
+        "camcli: run/nan.png.cam.json: predictions[0].probability is NaN, not a number in [0, 1]",
+        "camcli: run/none.png.cam.json: predictions[0].probability is null, not a number in "
+        "[0, 1]",
+        "camcli: run/text.png.cam.json: predictions[1].probability is \"0.3\", not a number in "
+        "[0, 1]",
+    ]
+    assert nonblank_lines(report.stderr)[-1].startswith("camcli: report of 1 inputs")
+    assert [card["name"] for card in _page_data(tmp_path / "report" / "index.html")["cards"]] == [
+        "ok.png"]
+
+
+def test_records_that_are_fifos_or_devices_are_bad_records_not_a_hang(tmp_path):
+    import os
+
+    run = tmp_path / "run"
+    _write_run(run, ["ok.png"], 0.9)
+    os.mkfifo(run / "fifo.png.cam.json")  # no writer: opening it for reading would block
+    (run / "zero.png.cam.json").symlink_to("/dev/zero")  # endless
+    (run / "camcli-failures").mkdir()
+    os.mkfifo(run / "camcli-failures" / "20260101T000000.000000Z-1.jsonl")
+    report = subprocess.run([str(CAMCLI), "report", "run", "-o", "report"], cwd=tmp_path,
+                            env=offline_env(tmp_path), text=True, capture_output=True,
+                            timeout=60)
+    assert report.returncode == 1, report.stderr
+    assert nonblank_lines(report.stderr)[:-1] == [
+        "camcli: run/fifo.png.cam.json: cannot read record: not a regular file",
+        "camcli: run/zero.png.cam.json: cannot read record: not a regular file",
+        "camcli: run/camcli-failures/20260101T000000.000000Z-1.jsonl: cannot read failure log: "
+        "not a regular file"]
+    assert [c["name"] for c in _page_data(tmp_path / "report" / "index.html")["cards"]] == [
+        "ok.png"]
+
+
+def test_a_symlinked_report_folder_is_refused_and_its_target_left_alone(tmp_path):
+    _write_run(tmp_path / "run", ["a.png"], 0.9)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "0123456789abcdef.jpg").write_bytes(b"precious")  # named like a stale thumbnail
+    (victim / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in victim.iterdir()}
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "thumbs").symlink_to(victim)
+    (tmp_path / "linked").symlink_to(victim)
+    with pytest.raises(UsageError, match=r"report/thumbs: is a symbolic link; camcli report "
+                                         r"writes only into a real folder"):
+        build_report([tmp_path / "run"], tmp_path / "report")
+    thumbs, linked = _run_all([["report", "run", "-o", "report"],
+                               ["report", "run", "-o", "linked"]], cwd=tmp_path)
+    for run, shown in ((thumbs, "report/thumbs"), (linked, "linked")):
+        assert run.returncode == 2, run.stderr
+        assert nonblank_lines(run.stderr) == [
+            f"camcli: error: {shown}: is a symbolic link; camcli report writes only into a real "
+            "folder (remove the link, or give the folder it points to)"]
+    assert {p.name: p.read_bytes() for p in victim.iterdir()} == before
+    assert not (tmp_path / "report" / "index.html").exists()
+
+
+# --------------------------------------------------------------------------- input thumbnails
+
+
+def test_report_from_another_folder_finds_inputs_beside_the_out_dir(world, tmp_path,
+                                                                    monkeypatch):
+    """``-o out`` in FOLDER: a record ``out/photos/a.png.cam.json`` names ``photos/a.png``,
+    relative to FOLDER, which holds ``out``; the current folder is another one."""
+    folder, records = world
+    monkeypatch.chdir(tmp_path)
+    built = build_report([folder / "out"], tmp_path / "report")
+    assert len(built.data["cards"]) == len(records)
+    assert all(card["thumb"] and card["input"] for card in built.data["cards"])
+    made = {p.name: p.read_bytes() for p in (tmp_path / "report" / "thumbs").iterdir()}
+    assert made == {p.name: p.read_bytes() for p in (folder / "run-report" / "thumbs").iterdir()}
+
+
+CHANGED = {  # input -> the note its card shows once the input was changed or moved
+    "photos/red_big.png": "input changed since the run (its sha256 differs): not shown",
+    "photos/blue_big.png": "input changed since the run (another pixel size): not shown",
+    "photos/green_mid.png": "input not found",
+}
+
+
+@pytest.fixture()
+def changed_inputs(world, tmp_path, monkeypatch):
+    """A copy of the world's run whose report was built, then three inputs changed or moved,
+    and the report built again."""
+    folder, _ = world
+    for name in ("photos", "out"):
+        shutil.copytree(folder / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    first = build_report(["out"], "report")
+    assert all(card["thumb"] for card in first.data["cards"])
+    _photo(tmp_path / "photos" / "red_big.png", 2, 30, (48, 40))  # same size, now blue
+    _photo(tmp_path / "photos" / "blue_big.png", 2, 28, (20, 20))  # another size
+    (tmp_path / "photos" / "green_mid.png").rename(tmp_path / "elsewhere.png")  # moved away
+    return tmp_path, build_report(["out"], "report")
+
+
+def test_a_changed_or_moved_input_gets_no_thumbnail_but_a_note(changed_inputs):
+    folder, built = changed_inputs
+    cards = {card["name"]: card for card in built.data["cards"]}
+    for name, card in cards.items():
+        thumb = folder / "report" / "thumbs" / f"{card['id']}.jpg"
+        if name in CHANGED:
+            assert card["note"] == CHANGED[name], name
+            assert not card["thumb"] and card["input"] is None, name
+            assert not thumb.exists(), name  # the earlier build's thumbnail is gone
+            assert card["cam"], name  # the overlay is still the run's
+        else:
+            assert card["thumb"] and thumb.is_file() and "note" not in card, name
+
+
+HOSTILE = "<img src=x onerror=window.__pwned=1>`<!--</script>.png"
+HOSTILE_LABELS = ("<u>bold</u>", "</script><!--", "a&amp;b")
+
+
+def test_notes_and_hostile_names_on_the_page_in_chromium(changed_inputs, chromium, tmp_path):
+    folder, _ = changed_inputs
+    _write_run(tmp_path / "hostile", [HOSTILE, "plain.png"], 0.9, labels=HOSTILE_LABELS)
+    log = tmp_path / "hostile" / "camcli-failures" / "20260101T000000.000000Z-1.jsonl"
+    log.parent.mkdir()
+    log.write_text(json.dumps({"input": "<s>x</s>.png", "error": "<script>oops</script>"}))
+    hostile = build_report([tmp_path / "hostile"], tmp_path / "hostile-report",
+                           title="<marquee>title</marquee>")
+    assert hostile.problems == []
+    with Browser(chromium, tmp_path / "profile", 1280, 1400) as browser:
+        browser.open((folder / "report" / "index.html").as_uri(), "window.__camcliReady")
+        notes = browser.evaluate("""Object.fromEntries([...document.querySelectorAll('#grid .card')]
+          .map(c=>[c.dataset.name,c.querySelector('.pics .none.input')])
+          .filter(([,n])=>n).map(([name,n])=>[name,[n.textContent,n.offsetHeight>0]]))""")
+        assert notes == {name: [note, True] for name, note in CHANGED.items()}
+
+        browser.open(hostile.index.as_uri(), "window.__camcliReady")
+        assert browser.evaluate("window.__pwned===undefined")
+        assert browser.evaluate(
+            "document.querySelectorAll('u, s, marquee, img[src=\"x\"]').length") == 0
+        assert browser.evaluate("document.title") == "<marquee>title</marquee>"
+        assert browser.evaluate("document.querySelector('h1').textContent") == (
+            "<marquee>title</marquee>")
+        assert _visible(browser) == sorted([HOSTILE, "<s>x</s>.png", "plain.png"])
+        assert browser.evaluate(
+            "[...document.querySelectorAll('#cls option')].map(o=>o.textContent)"
+        ) == ["all classes", HOSTILE_LABELS[0]]
+        assert browser.evaluate("document.querySelector('#grid .reason').textContent") == (
+            "<script>oops</script>")
+        labels = browser.evaluate("[...document.querySelectorAll('#grid ol.top li span')]"
+                                  ".map(s=>s.textContent)")
+        assert labels[:4] == [HOSTILE_LABELS[0], "90.0 %", HOSTILE_LABELS[1], "10.0 %"]
+        assert browser.errors == []

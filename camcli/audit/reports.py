@@ -8,6 +8,7 @@ are tested without running a model.
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -141,9 +142,10 @@ def summary_markdown(record: dict, report_name: str = "report.html") -> str:
     lines = [
         f"## camcli audit — {verdict}",
         "",
-        f"Model `{model['name']}` · layer `{model['layer']}` · method `{record['method']}` · "
-        f"manifest `{Path(record['manifest']['path']).name}`"
-        + (f" · baseline `{Path(record['baseline']['path']).name}`"
+        f"Model {md_code(model['name'])} · layer {md_code(model['layer'])} · "
+        f"method {md_code(record['method'])} · "
+        f"manifest {md_code(Path(record['manifest']['path']).name)}"
+        + (f" · baseline {md_code(Path(record['baseline']['path']).name)}"
            if record.get("baseline") else ""),
         "",
     ]
@@ -158,7 +160,7 @@ def summary_markdown(record: dict, report_name: str = "report.html") -> str:
         for check in record.get("mean_checks", [])
         if check["status"] == "fail"
     ] + [
-        (f"`{_md(image['id'])}`", check)
+        (md_code(image["id"], table=True), check)
         for image in record["images"]
         for check in image["checks"]
         if check["status"] in ("fail", "error")
@@ -166,7 +168,7 @@ def summary_markdown(record: dict, report_name: str = "report.html") -> str:
     if failures:
         lines += ["### Failed checks", "", "| image | check | result |", "| --- | --- | --- |"]
         for where, check in failures[:MAX_FAILURES_LISTED]:
-            lines.append(f"| {where} | {check['name']} | {_md(check['message'])} |")
+            lines.append(f"| {where} | {md_text(check['name'])} | {md_text(check['message'])} |")
         if len(failures) > MAX_FAILURES_LISTED:
             lines.append(f"| … | {len(failures) - MAX_FAILURES_LISTED} more | see junit.xml |")
         lines.append("")
@@ -190,8 +192,36 @@ def verdict_text(summary: dict) -> str:
     return "; ".join(parts)
 
 
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+# User-controlled text (ids, paths, names, labels, reasons) never reaches summary.md as markup.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: Characters that can start inline markup (code, emphasis, links, HTML, entities, table cells).
+_INLINE_MARKUP = re.compile(r"[\\`*\[\]<>&|~!]|(?<![^\W_])_|_(?![^\W_])")
+
+
+def _one_line(text) -> str:
+    """``text`` on one line: control characters (newlines too) written as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}"
+                        if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", str(text))
+
+
+def md_text(text) -> str:
+    """``text`` as Markdown that renders literally, on one line (CommonMark backslash escapes;
+    an underscore inside a word, ``min_energy_in_box``, is left as it is: it emphasises nothing).
+    Safe in a table cell: a ``|`` is escaped."""
+    return _INLINE_MARKUP.sub(lambda m: "\\" + m.group(), _one_line(text))
+
+
+def md_code(text, table: bool = False) -> str:
+    """``text`` as an inline code span nothing in it can end: its fence is one backtick longer
+    than the longest run of backticks inside, padded with a space when it starts or ends with a
+    backtick or a space (CommonMark strips one on each side). In a table cell (``table``) a
+    ``|`` is escaped, which GitHub's tables turn back into ``|`` inside code."""
+    text = _one_line(text) or " "  # an empty code span is not one: show a space
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.strip() and (text[0] in "` " or text[-1] in "` ") else ""
+    if table:
+        text = text.replace("|", "\\|")
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def append_step_summary(markdown: str, environ=os.environ) -> Path | None:

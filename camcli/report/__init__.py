@@ -3,6 +3,9 @@ the page machinery it shares with the audit report.
 
 - :mod:`~camcli.report.page`: page shell, theme (light and dark), escaping, embedded JSON;
 - :mod:`~camcli.report.thumbnails`: small JPEG thumbnails (files, or ``data:`` URIs);
+- :mod:`~camcli.report.pictures`: which files a record may make the report read (its own
+  overlay; its input, verified by sha256) — records are not trusted;
+- :mod:`~camcli.report.folder`: the report's folder and ``thumbs/``, never written through a link;
 - :mod:`~camcli.report.sources`: finding records and failure logs (local folders for now);
 - :mod:`~camcli.report.runlog`: the failure log a run leaves under ``--out-dir``;
 - :mod:`~camcli.report.summary`: records to cards, counts and chart bins (pure);

@@ -4,13 +4,15 @@ thumbnails.
 Two passes, each over what it needs: every record is read once, summarised to a small card
 (:func:`~camcli.report.summary.summarise`) and dropped, so memory follows the cards, not the
 records; then the kept cards' thumbnails are drawn in a thread pool (Pillow decodes outside the
-GIL), skipping thumbnails already newer than their source. The same input found twice (two
+GIL) from the pictures :mod:`~camcli.report.pictures` found and verified, skipping thumbnails
+already newer than their picture and record. The same input found twice (two
 folders holding it, a folder given twice) is kept once: the first in the order the sources were
 given, then by record path. A logged failure of an input that has a record is dropped.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -20,13 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from camcli.outputs import replace_atomically
-from camcli.report import runlog, summary, thumbnails
+from PIL import Image
+
+from camcli.report import pictures, runlog, summary, thumbnails
+from camcli.report.folder import THUMBS, ReportFolder
 from camcli.report.runpage import run_report_html
-from camcli.report.sources import RECORD_SUFFIX, open_source
+from camcli.report.sources import open_source
 
 DEFAULT_DIR = Path("camcli-report")
-THUMBS = "thumbs"
 #: Thumbnail paths relative to the page, by card id (the page builds the same from its data).
 THUMB_NAMES = {"input": f"{THUMBS}/%s.jpg", "overlay": f"{THUMBS}/%s.cam.jpg"}
 _THUMB_NAME = re.compile(r"^[0-9a-f]{16}(\.cam)?\.jpg$")
@@ -47,6 +50,7 @@ class _Found:
     order: tuple[int, str]  # (source index, record path): which copy of an input is kept
     record: Path
     card: dict
+    input: dict  # the record's ``input`` (path, sha256, width, height): to find the picture
 
 
 def build_report(
@@ -73,7 +77,8 @@ def build_report(
     found: dict[str, _Found] = {}
     logged: list[dict] = list(failures)
     read = 0
-    with ThreadPoolExecutor(workers, thread_name_prefix="camcli-report") as pool:
+    with ReportFolder(out_dir) as folder, \
+            ThreadPoolExecutor(workers, thread_name_prefix="camcli-report") as pool:
         jobs = ((i, source, path) for i, source in enumerate(opened) for path in source.records())
         for (i, _source, path), outcome in zip_lazily(pool, _read_card, jobs):
             read += 1
@@ -81,27 +86,30 @@ def build_report(
                 problems.append(f"{path}: {outcome}")
                 continue
             order = (i, str(path))
-            kept = found.get(outcome["name"])
+            card, described = outcome
+            kept = found.get(card["name"])
             if kept is None or order < kept.order:
-                found[outcome["name"]] = _Found(order, path, outcome)
+                found[card["name"]] = _Found(order, path, card, described)
             if progress is not None:
                 progress(1)
         for source in opened:
             for log in reversed(list(source.failure_logs())):  # newest first: its reason wins
-                logged.extend(runlog.read_failures(source.read(log)))
-        cards = list(pool.map(lambda f: _with_pictures(f, out_dir), found.values()))
-    known = set(found)
-    failed: dict[str, dict] = {}
-    for entry in logged:
-        if entry["name"] not in known:
-            failed.setdefault(entry["name"], entry)
-    created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-    data = summary.page_data(cards, list(failed.values()), title or _title(opened), created,
-                             low_confidence)
-    data["thumbs"] = THUMB_NAMES
-    _remove_stale_thumbnails(out_dir / THUMBS, {card["id"] for card in cards})
-    index = out_dir / "index.html"
-    replace_atomically(index, run_report_html(data))
+                try:
+                    logged.extend(runlog.read_failures(source.read(log)))
+                except OSError as exc:
+                    problems.append(f"{log}: cannot read failure log: {exc.strerror or exc}")
+        cards = list(pool.map(lambda f: _with_pictures(f, folder), found.values()))
+        known = set(found)
+        failed: dict[str, dict] = {}
+        for entry in logged:
+            if entry["name"] not in known:
+                failed.setdefault(entry["name"], entry)
+        created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+        data = summary.page_data(cards, list(failed.values()), title or _title(opened), created,
+                                 low_confidence)
+        data["thumbs"] = THUMB_NAMES
+        _remove_stale_thumbnails(folder, {card["id"] for card in cards})
+        index = folder.write("index.html", run_report_html(data))
     return ReportResult(index=index, data=data, records_read=read,
                         problems=problems)
 
@@ -122,58 +130,79 @@ def zip_lazily(pool: ThreadPoolExecutor, fn, jobs, depth: int = 64):
         yield job, future.result()
 
 
-def _read_card(_index: int, source, path: Path) -> dict | str:
-    """The card of one record file, or the reason it cannot be read."""
-    import json
-
+def _read_card(_index: int, source, path: Path) -> tuple[dict, dict] | str:
+    """The card of one record file and the record's ``input``, or why it cannot be read."""
     try:
-        card = summary.summarise(json.loads(source.read(path)))
+        record = json.loads(source.read(path))
+        card = summary.summarise(record)
+        pictures.check_overlays(path, card["explained"])
     except OSError as exc:
         return f"cannot read record: {exc.strerror or exc}"
     except ValueError as exc:  # bad JSON, or RecordError
         return str(exc) if isinstance(exc, summary.RecordError) else f"not JSON: {exc}"
-    return card
+    return card, record["input"]
 
 
-def _with_pictures(found: _Found, out_dir: Path) -> dict:
+def _with_pictures(found: _Found, folder: ReportFolder) -> dict:
     """The card with its links (``dir``: the record's folder relative to the page; overlays
     keep their file names, or ``None`` when missing) and its thumbnails (drawn unless already up
-    to date; ``thumb``/``cam`` say whether each exists)."""
+    to date; ``thumb``/``cam`` say whether each exists, ``note`` why the input has none)."""
     card = dict(found.card)
-    folder = found.record.parent
-    card["dir"] = _href(folder, out_dir) + "/"
-    overlays = [folder / e["overlay"] if e.get("overlay") else None for e in card["explained"]]
+    record = found.record
+    card["dir"] = _href(record.parent, folder.path) + "/"
+    overlays = [record.parent / e["overlay"] if e.get("overlay") else None
+                for e in card["explained"]]
     card["explained"] = [
-        {**entry, "overlay": quote(overlay.name) if overlay and overlay.is_file() else None}
-        for entry, overlay in zip(card["explained"], overlays, strict=True)
+        {**entry, "overlay": quote(path.name) if path and pictures.is_overlay_file(path)
+         else None}
+        for entry, path in zip(card["explained"], overlays, strict=True)
     ]
-    picture = _input_file(found.record, card["name"])
-    card["input"] = (_href(picture.parent, out_dir) + "/", quote(picture.name)) if picture else None
-    card["thumb"] = _thumbnail(picture, out_dir, THUMB_NAMES["input"] % card["id"])
-    card["cam"] = _thumbnail(overlays[0] if overlays else None, out_dir,
-                             THUMB_NAMES["overlay"] % card["id"])
+    picture = pictures.find_input(record, found.input)
+    card["input"] = None
+    if isinstance(picture, pictures.Picture):
+        card["input"] = (_href(picture.path.parent, folder.path) + "/", quote(picture.path.name))
+    else:
+        card["note"] = picture
+    since = _mtime(record)
+    card["thumb"] = _thumbnail(picture, folder, THUMB_NAMES["input"] % card["id"], since)
+    if card["input"] and not card["thumb"]:
+        card["note"] = "input not shown: no thumbnail could be drawn from it"
+    card["cam"] = _overlay_thumbnail(overlays[0] if overlays else None, folder,
+                                     THUMB_NAMES["overlay"] % card["id"], since)
     return card
 
 
-def _input_file(record: Path, name: str) -> Path | None:
-    """The input of a record: beside it (outputs written beside the inputs), else the path the
-    record names (absolute, or relative to the current folder, as the run saw it)."""
-    beside = record.with_name(record.name[: -len(RECORD_SUFFIX)])
-    for candidate in (beside, Path(name)):
-        if candidate.is_file():
-            return candidate
-    return None
+def _overlay_thumbnail(path: Path | None, folder: ReportFolder, name: str, since: float) -> bool:
+    """An overlay is one of the run's own files, replaced by a rename when rewritten: its
+    thumbnail is up to date when newer than it (and the record), without reading it again."""
+    changed = pictures.overlay_mtime(path) if path else None
+    drawn = folder.mtime(name)
+    if changed is not None and drawn is not None and drawn >= max(changed, since):
+        return True
+    return _thumbnail(pictures.read_overlay(path) if path else None, folder, name, since)
 
 
-def _thumbnail(source: Path | None, out_dir: Path, name: str) -> bool:
-    """Draw ``out_dir/name`` from ``source`` (unless it is newer); whether it exists."""
-    if source is None or not source.is_file():
-        return False
-    target = out_dir / name
+def _mtime(path: Path) -> float:
     try:
-        if not (target.is_file() and target.stat().st_mtime >= source.stat().st_mtime):
-            replace_atomically(target, thumbnails.thumbnail_of_file(source))
-    except (OSError, ValueError):  # an unreadable picture: the card shows none
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _thumbnail(source: pictures.Picture | str | None, folder: ReportFolder, name: str,
+               since: float) -> bool:
+    """Draw ``name`` from ``source`` unless it is newer than the picture and the record (a
+    missing or unverified picture removes an old thumbnail); whether it exists."""
+    if not isinstance(source, pictures.Picture):
+        folder.remove(name)
+        return False
+    drawn = folder.mtime(name)
+    if drawn is not None and drawn >= max(source.mtime, since):
+        return True
+    try:
+        folder.write(name, thumbnails.thumbnail_of_bytes(source.data))
+    except (OSError, ValueError, Image.DecompressionBombError):  # an unreadable picture
+        folder.remove(name)
         return False
     return True
 
@@ -184,12 +213,10 @@ def _href(path: Path, out_dir: Path) -> str:
     return quote(Path(relative).as_posix())
 
 
-def _remove_stale_thumbnails(folder: Path, ids: set[str]) -> None:
-    if not folder.is_dir():
-        return
-    for path in folder.iterdir():
-        if _THUMB_NAME.match(path.name) and path.name[:16] not in ids:
-            path.unlink(missing_ok=True)
+def _remove_stale_thumbnails(folder: ReportFolder, ids: set[str]) -> None:
+    for name in folder.thumbnails():
+        if _THUMB_NAME.match(name) and name[:16] not in ids:
+            folder.remove(f"{THUMBS}/{name}")
 
 
 def _title(sources) -> str:

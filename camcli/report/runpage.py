@@ -43,7 +43,8 @@ display:block}.chart text{fill:var(--muted);font-size:10px}
 #grid{align-items:start}
 .pics{margin:0}.pics img{aspect-ratio:4/3;object-fit:contain}
 .pics .none{display:flex;align-items:center;justify-content:center;color:var(--muted);
-font-size:12px;background:var(--soft);border-radius:4px;aspect-ratio:4/3}
+font-size:12px;background:var(--soft);border-radius:4px;aspect-ratio:4/3;
+text-align:center;padding:4px}
 ol.top{margin:0;padding:0;list-style:none;font-size:12.5px}
 ol.top li{display:grid;grid-template-columns:1fr 52px;gap:6px;position:relative;
 padding:1px 4px;border-radius:3px;overflow:hidden}
@@ -68,7 +69,7 @@ function expand(c){return {kind:'done',id:c.id,name:c.name,label:L[c.label],prob
   share:c.share,empty:c.empty,top:c.top.map(([l,p])=>[L[l],p]),
   explained:c.explained.map(e=>({label:L[e.label],prob:e.prob,share:e.share,empty:e.empty,
     href:e.overlay?D[c.dir]+e.overlay:null})),
-  input:c.input?D[c.input[0]]+c.input[1]:null,
+  input:c.input?D[c.input[0]]+c.input[1]:null,note:c.note||'input not found',
   thumb:c.thumb?T.input.replace('%%s',c.id):null,cam:c.cam?T.overlay.replace('%%s',c.id):null};}
 const items=DATA.cards.map(expand).concat(
   DATA.failures.map(f=>Object.assign({kind:'failed',prob:null,share:null,empty:false},f)));
@@ -111,7 +112,7 @@ function apply(){writeHash();const [key,sign]=SORTS[state.sort]||SORTS.name;
 function pics(c){
   const ex=c.explained[0]||{};
   const input=c.thumb?el('img',{src:c.thumb,alt:'input',loading:'lazy',decoding:'async'})
-    :el('span',{class:'none'},'input not found');
+    :el('span',{class:'none input'},c.note);
   const cam=c.cam?el('img',{src:c.cam,alt:'overlay',loading:'lazy',decoding:'async'})
     :el('span',{class:'none'},ex.empty?'empty map':'no overlay');
   return el('div',{class:'pics'},

@@ -8,7 +8,9 @@ with the same three methods.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ from camcli.outputs import OUTPUT_TAG, is_camcli_output
 RECORD_SUFFIX = f"{OUTPUT_TAG}.json"
 #: The folder under ``--out-dir`` where a run with failures logs them (see :mod:`.runlog`).
 FAILURES_DIR = "camcli-failures"
+#: A record is a few kB; a failure log one short line per failed input.
+MAX_READ = 64 << 20
 
 
 def is_record_name(name: str) -> bool:
@@ -51,7 +55,16 @@ class LocalSource:
                             if name.endswith(".jsonl"))
 
     def read(self, path: Path) -> bytes:
-        return path.read_bytes()
+        """A record's or a failure log's bytes: a regular file (a FIFO or a device named like a
+        record is never waited on nor read without end) of at most :data:`MAX_READ` bytes."""
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(path))
+            data = handle.read(MAX_READ + 1)
+        if len(data) > MAX_READ:
+            raise OSError(errno.EFBIG, f"larger than {MAX_READ >> 20} MiB", str(path))
+        return data
 
 
 def open_source(text: str | os.PathLike) -> LocalSource:

@@ -8,6 +8,7 @@ deterministic: the same records give the same data whatever order they were foun
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable
@@ -31,8 +32,20 @@ def card_id(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def _round(value) -> float | None:
-    return None if value is None else round(float(value), 4)
+def _number(value, where: str, *, optional: bool = False) -> float | None:
+    """``value`` rounded for the page; a number in [0, 1] (``None`` too when ``optional``),
+    else :class:`RecordError` naming the field (a NaN in a record is a bad record)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise RecordError(f"{where} is {json.dumps(value)[:40]}, not a number in [0, 1]")
+    return round(float(value), 4)
+
+
+def _text(value, where: str, *, empty: bool = True) -> str:
+    if not isinstance(value, str) or not (value or empty):
+        raise RecordError(f"{where} is {json.dumps(value)[:40]}, not a text")
+    return value
 
 
 def summarise(record: dict) -> dict:
@@ -41,22 +54,16 @@ def summarise(record: dict) -> dict:
 
     ``share`` and ``empty`` describe the first explained class (the overlay the card shows);
     ``empty`` is true when any explained map is empty. Raises :class:`RecordError` when the
-    record lacks what a camcli record has.
+    record lacks what a camcli record has, or holds a number that is not one (NaN, infinite,
+    out of range): its reason names the field.
     """
     try:
-        name = str(record["input"]["path"])
-        predictions = [[str(p["label"]), _round(p["probability"])] for p in record["predictions"]]
-        explained = [
-            {
-                "label": str(e["label"]),
-                "prob": _round(e.get("probability")),
-                "share": None if e.get("empty") else _round(e.get("top20_energy_share")),
-                "empty": bool(e.get("empty")),
-                "overlay": e.get("overlay"),
-            }
-            for e in record["explanations"]
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
+        name = _text(record["input"]["path"], "input.path", empty=False)
+        predictions = [[_text(p["label"], f"predictions[{i}].label"),
+                        _number(p["probability"], f"predictions[{i}].probability")]
+                       for i, p in enumerate(record["predictions"])]
+        explained = [_explained(i, e) for i, e in enumerate(record["explanations"])]
+    except (KeyError, TypeError, AttributeError) as exc:
         raise RecordError(f"not a camcli record ({type(exc).__name__}: {exc})") from None
     if not predictions:
         raise RecordError("not a camcli record (no predictions)")
@@ -71,6 +78,20 @@ def summarise(record: dict) -> dict:
         "empty": any(e["empty"] for e in explained),
         "top": predictions,
         "explained": explained,
+    }
+
+
+def _explained(i: int, entry: dict) -> dict:
+    where = f"explanations[{i}]"
+    empty = bool(entry.get("empty"))
+    share = entry.get("top20_energy_share")
+    return {
+        "label": _text(entry["label"], f"{where}.label"),
+        "prob": _number(entry.get("probability"), f"{where}.probability", optional=True),
+        "share": None if empty else _number(share, f"{where}.top20_energy_share",
+                                            optional=True),
+        "empty": empty,
+        "overlay": entry.get("overlay"),
     }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 from PIL import Image, ImageOps
 
@@ -32,10 +31,10 @@ def data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
-def thumbnail_of_file(path: Path, side: int = THUMBNAIL_SIDE) -> bytes:
-    """The upright thumbnail of an image file (EXIF orientation applied, as camcli's overlays
-    are); JPEGs are decoded at reduced scale (draft mode)."""
-    with Image.open(path) as image:
+def thumbnail_of_bytes(data: bytes, side: int = THUMBNAIL_SIDE) -> bytes:
+    """The upright thumbnail of an encoded image (EXIF orientation applied, as camcli's
+    overlays are); JPEGs are decoded at reduced scale (draft mode)."""
+    with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (side, side))  # a no-op for formats other than JPEG
         image.load()
         return jpeg_thumbnail(ImageOps.exif_transpose(image), side)
