@@ -311,35 +311,118 @@ def _import_ray():
 @contextlib.contextmanager
 def connected(address: str | None = None, debug: bool = False):
     """Ray, connected to ``address`` (else ``RAY_ADDRESS``, else a local instance started for
-    this run and stopped after it). Raises :class:`ClusterError` when Ray cannot start or the
-    cluster cannot be reached. A Ray already initialised by the caller is used as it is."""
-    ray = _import_ray()
-    _quiet_ray(debug)
-    if ray.is_initialized():
-        yield ray
-        return
+    this run and stopped after it: private, see :func:`_private_instance`). Raises
+    :class:`ClusterError` when Ray cannot start or the cluster cannot be reached. A Ray
+    already initialised by the caller is used as it is."""
     address = address or os.environ.get("RAY_ADDRESS") or None
-    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-    if address and address not in ("auto", "local"):
-        _probe(address)
-    settings = {"log_to_driver": debug, "logging_level": logging.DEBUG if debug else logging.ERROR}
-    if not address or address == "local":
-        settings.update(address="local", include_dashboard=False)
-    else:
-        settings.update(address=address)
+    local = not address or address == "local"
+    with _private_instance() if local and not _ray_initialized() else contextlib.nullcontext():
+        ray = _import_ray()
+        _quiet_ray(debug)
+        if ray.is_initialized():
+            yield ray
+            return
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        if not local and address != "auto":
+            _probe(address)
+        settings = {"log_to_driver": debug,
+                    "logging_level": logging.DEBUG if debug else logging.ERROR}
+        if local:
+            settings.update(address="local", include_dashboard=False)
+        else:
+            settings.update(address=address)
+        try:
+            ray.init(**settings)
+            if local:
+                _check_loopback(ray)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if isinstance(exc, ClusterError):
+                raise
+            verb = "start" if local else "connect to"
+            raise ClusterError(f"cannot {verb} {where}: {_one_line(exc)}") from exc
+        try:
+            yield ray
+        finally:
+            _join_ray_data_threads()
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+
+
+def _ray_initialized() -> bool:
+    import sys
+
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and getattr(ray, "is_initialized", lambda: False)())
+
+
+#: Addresses a private instance may listen on.
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@contextlib.contextmanager
+def _private_instance():
+    """The settings under which a local Ray instance is this machine's only, and this run's:
+
+    - its node address is loopback, so its GCS, raylet, object and node managers, agents and
+      workers all listen on 127.0.0.1 (Ray's gRPC servers bind 127.0.0.1 when the node's
+      address is, else every interface; ``--node-ip-address``/``_node_ip_address`` cannot say
+      loopback: Ray swaps it for the network address). Ray picks loopback itself where it
+      keeps clusters local, on macOS and Windows; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+      asks for that here. :func:`_check_loopback` verifies it after the start;
+    - token authentication with a random token of the run's (other users of this machine
+      reach its loopback too). It lives in this process's environment, which Ray's processes
+      inherit (readable by the same user only), and nowhere else: not in ``~/.ray``, where
+      Ray would write one of its own, nor on a command line, a log or the screen.
+
+    The environment is restored afterwards (a Python caller may connect to its own cluster
+    next)."""
+    import secrets
+
+    settings = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_AUTH_TOKEN_PATH": None}
+    saved = {name: os.environ.get(name) for name in settings}
+    _set_environment(settings)
     try:
-        ray.init(**settings)
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        verb = "start" if not address or address == "local" else "connect to"
-        raise ClusterError(f"cannot {verb} {where}: {_one_line(exc)}") from exc
-    try:
-        yield ray
+        yield
     finally:
-        _join_ray_data_threads()
-        with contextlib.suppress(Exception):
-            ray.shutdown()
+        _set_environment(saved)
+
+
+def _set_environment(values: dict) -> None:
+    """``os.environ`` updated (None: removed), and what Ray read from it at import refreshed
+    when Ray is already imported (it is read again as Ray itself does when it turns token
+    authentication on)."""
+    import sys
+
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if "ray" not in sys.modules:
+        return
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1").lower() not in ("0", "false")
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _check_loopback(ray) -> None:
+    """The instance just started is on loopback, or a ClusterError (never a Ray open to the
+    network because a version of Ray ignored the setting)."""
+    node = ray.util.get_node_ip_address()
+    if node not in LOOPBACK:
+        raise ClusterError(
+            f"refusing to run on a local Ray instance that listens on {node}, not on loopback "
+            "only; start Ray yourself and give --ray-address")
 
 
 #: How long a disconnect waits for Ray Data's threads of a dataset closed early (seconds).
