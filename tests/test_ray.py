@@ -251,6 +251,28 @@ def test_a_ray_that_cannot_start_is_one_error_and_exit_2(tmp_path):
     assert line.startswith("camcli: error: cannot start a local Ray instance: "), line
 
 
+def test_nothing_to_explain_starts_no_ray_and_reaches_no_cluster(tmp_path):
+    """An empty folder, an empty stdin: the local run's "0 done" and exit 0, at once. Ray
+    could not start here (its temporary folder is a file) nor reach the cluster named (nothing
+    listens): either would have been an error (exit 2) had camcli tried."""
+    (tmp_path / "empty").mkdir()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    env = _env(tmp_path, RAY_TMPDIR=str(blocker / "ray"), RAY_ADDRESS="")
+    with __import__("socket").socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    runs = [_camcli(tmp_path, "empty", *MODEL, *ON_RAY, env=env, timeout=120),
+            subprocess.run([str(CAMCLI), "explain", "-", *MODEL, *ON_RAY, "--ray-address",
+                            closed, "--json"], cwd=tmp_path, env=env, input="",
+                           capture_output=True, text=True, timeout=120)]
+    for done in runs:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == ""
+        assert "camcli: 0 done, 0 failed in " in done.stderr, done.stderr
+    assert not list(tmp_path.rglob("*.cam.*"))
+
+
 def test_without_ray_installed_the_error_says_what_to_install(tmp_path):
     fake = tmp_path / "no-ray"
     (fake / "ray").mkdir(parents=True)

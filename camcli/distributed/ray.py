@@ -530,8 +530,9 @@ def run(
     """Explain every input on a Ray cluster; yields one result per input, like
     :meth:`camcli.api.Explainer.run` (same arguments; ``model_options`` are the Explainer's).
 
-    Connects (or starts Ray), lists the inputs and waits for the first batch before
+    Lists the inputs, connects (or starts Ray) and waits for the first batch before
     returning, so a cluster that cannot be reached or a model that cannot load raises here.
+    No input at all: returns at once, with no Ray started and no cluster reached.
     """
     from camcli.runner import Inputs, stop_when_full
 
@@ -540,12 +541,17 @@ def run(
     stats = stats or RunStats()
     stop = stop or threading.Event()
     batch_size = int(model_options.get("batch_size") or 16)
+    inputs = Inputs(tuple(paths), recursive, stdin, max_pixels, skip_existing, shard,
+                    storage_options)
+    found, _, _ = inputs.discover(stats)
+    found = iter(found)
+    head = next(found, None)
+    if head is None:  # nothing to do: no Ray is started, no cluster reached
+        return iter(())
+    found = itertools.chain([head], found)
     session = connected(ray_options.address, debug)
     ray = session.__enter__()
     try:
-        inputs = Inputs(tuple(paths), recursive, stdin, max_pixels, skip_existing, shard,
-                        storage_options)
-        found, _, _ = inputs.discover(stats)
         shape = plan(ray, ray_options)
         found = _windows(iter(found), window_size(shape[0], batch_size))
         window = next(found, [])
