@@ -456,10 +456,13 @@ def test_inputs_of_a_batch_given_up_are_reported_by_name_once():
 # --------------------------------------------------------------------------- object storage
 
 
-def test_s3_inputs_and_outputs_on_ray_match_a_local_run(s3_server, ray_cluster, tmp_path):
-    """URLs in and out, credentials given as --storage-option only (the cluster's workers were
-    started without any): the same objects as a local run, the same failure lines."""
+@pytest.fixture(scope="module")
+def s3_local(s3_server, ray_cluster, tmp_path_factory):
+    """Inputs in a bucket (six images, one broken, one unreadable) and one local run of them
+    to ``s3://ray-out/local/``, its credentials given as --storage-option only; ``objects``
+    reads a run's outputs back. The session cluster was started without any credentials."""
     import io
+    from types import SimpleNamespace
 
     client = s3_server.client()
     client.create_bucket(Bucket="ray-in")
@@ -477,18 +480,14 @@ def test_s3_inputs_and_outputs_on_ray_match_a_local_run(s3_server, ray_cluster, 
                    f"secret={s3_server.env['AWS_SECRET_ACCESS_KEY']}",
                    f"endpoint_url={s3_server.endpoint}"):
         credentials += ["--storage-option", option]
-    env = _env(tmp_path, ray_cluster)
+    home = tmp_path_factory.mktemp("ray-s3")
+    env = _env(home, ray_cluster)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         env.pop(name, None)
-    runs = {}
-    for where, engine in (("local", ()), ("ray", (*ON_RAY, "--ray-address", ray_cluster.address))):
-        runs[where] = _camcli(tmp_path, "s3://ray-in/set/", "-r", *MODEL, "--batch-size", "2",
-                              "-o", f"s3://ray-out/{where}/", *credentials, *engine, env=env)
-        assert runs[where].returncode == 1, runs[where].stderr
-    assert _failure_lines(runs["ray"].stderr) == _failure_lines(runs["local"].stderr) == [
-        "s3://ray-in/set/broken.jpg: not an image file Pillow can read",
-        "s3://ray-in/set/secret/hidden.jpg: cannot read: access denied",
-    ]
+
+    def explain(where, *args, env=env):
+        return _camcli(home, "s3://ray-in/set/", "-r", *MODEL, "--batch-size", "2",
+                       "-o", f"s3://ray-out/{where}/", *args, env=env)
 
     def objects(prefix):
         pages = client.get_paginator("list_objects_v2").paginate(Bucket="ray-out", Prefix=prefix)
@@ -496,7 +495,69 @@ def test_s3_inputs_and_outputs_on_ray_match_a_local_run(s3_server, ray_cluster, 
         return {key.removeprefix(prefix): client.get_object(Bucket="ray-out", Key=key)[
             "Body"].read() for key in keys if "camcli-failures" not in key}
 
-    local, remote = objects("local/"), objects("ray/")
-    assert len(local) == 12 and sorted(remote) == sorted(local)
-    for key, data in local.items():
+    local = explain("local", *credentials)
+    assert local.returncode == 1, local.stderr
+    assert _failure_lines(local.stderr) == [
+        "s3://ray-in/set/broken.jpg: not an image file Pillow can read",
+        "s3://ray-in/set/secret/hidden.jpg: cannot read: access denied",
+    ]
+    outputs = objects("local/")
+    assert len(outputs) == 12
+    return SimpleNamespace(explain=explain, objects=objects, credentials=credentials, env=env,
+                           local=local, outputs=outputs, home=home)
+
+
+def _same_objects(s3_local, run, prefix: str) -> None:
+    assert run.returncode == 1, run.stderr
+    remote = s3_local.objects(prefix)
+    assert sorted(remote) == sorted(s3_local.outputs)
+    for key, data in s3_local.outputs.items():
         assert remote[key] == data, key
+
+
+def test_s3_inputs_and_outputs_on_ray_match_a_local_run(s3_local, ray_cluster):
+    """URLs in and out, credentials given as --storage-option only (the cluster's workers were
+    started without any): the same objects as a local run, the same failure lines."""
+    run = s3_local.explain("ray", *s3_local.credentials, *ON_RAY, "--ray-address",
+                           ray_cluster.address)
+    _same_objects(s3_local, run, "ray/")
+    assert _failure_lines(run.stderr) == _failure_lines(s3_local.local.stderr)
+
+
+def test_credentials_in_the_drivers_environment_reach_the_workers_unshown(
+        s3_local, s3_server, ray_cluster):
+    """Credentials and endpoint in the driver's environment only, as most users give them;
+    the cluster was started without them: its workers get them with the run, and nothing
+    shows the secret — not --debug's lines, nor Ray's logs on the cluster."""
+    secret = s3_server.env["AWS_SECRET_ACCESS_KEY"]
+    raylets = [pid for pid, command in _processes().items() if b"raylet/raylet" in command
+               and ray_cluster.temp.encode() in command]
+    assert raylets and all(secret not in _environ(pid) for pid in raylets), \
+        "the session cluster should have been started without the credentials"
+    env = dict(s3_local.env, **{k: s3_server.env[k] for k in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")})
+    run = s3_local.explain("env", *ON_RAY, "--ray-address", ray_cluster.address, "--debug",
+                           env=env)
+    assert "camcli: debug: ray: " in run.stderr, run.stderr[-2000:]  # Ray's lines shown...
+    assert secret not in run.stdout + run.stderr  # ...never the secret
+    _same_objects(s3_local, run, "env/")
+    lines = run.stderr.splitlines()
+    assert all(line in lines for line in _failure_lines(s3_local.local.stderr)), run.stderr
+    logs = [p for p in Path(ray_cluster.temp).rglob("*") if p.is_file() and not p.is_socket()]
+    assert logs and not [p for p in logs if secret.encode() in p.read_bytes()], \
+        "the secret is in Ray's files"
+
+
+def _processes() -> dict[int, bytes]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+    return found
+
+
+def _environ(pid: int) -> str:
+    return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")

@@ -111,6 +111,10 @@ class WorkerSpec:
     cwd: str | None = None  # the driver's folder: relative paths mean the same on a worker
     debug: bool = False
     control: object = None  # a _Control actor handle (the CLI's runs), or None
+    # the driver's credentials for URLs (storage.backend_environment): a cluster's nodes were
+    # started without them. Not through Ray's runtime_env: Ray writes that, values and all,
+    # in its agents' logs on every node. Travels as --storage-option values do; never shown.
+    environment: dict = field(default_factory=dict, repr=False)
 
 
 # --------------------------------------------------------------------------- the worker
@@ -123,6 +127,7 @@ class Worker:
         import ray
 
         self.spec, self.fatal, self.warning = spec, None, None
+        os.environ.update(spec.environment)  # before any backend reads it
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.actor = ray.get_runtime_context().get_actor_id()
         if spec.control is not None:  # a restart: the batch the dead process had is not busy
@@ -558,7 +563,8 @@ def run(
         control = ray.remote(num_cpus=0)(_ControlState).remote()
         spec = WorkerSpec(model_options, output, inputs.max_pixels, skip_existing,
                           compiled=len(window) > EAGER_MAX_IMAGES, cwd=os.getcwd(),
-                          debug=debug, control=control)
+                          debug=debug, control=control,
+                          environment=storage.backend_environment())
         windows = itertools.chain([window], found) if window else iter(())
         del window
         results = _run_windows(ray, windows, spec, shape, batch_size, control, stop,
@@ -802,7 +808,7 @@ def explain_dataset(
     options = dict(options, out_dir=out_dir, write=write)
     output = take_output_options(options, storage_options)  # the rest are the Explainer's
     spec = WorkerSpec(options, output, max_pixels, skip_existing, compiled=True,
-                      cwd=os.getcwd())
+                      cwd=os.getcwd(), environment=storage.backend_environment())
     count, cpu, gpu = plan(ray, RayOptions(workers=workers, cpus=cpus, gpus=gpus), spare=1)
     batch_size = int(options.get("batch_size") or 16)
     rows = _map(dataset, spec, count, cpu, gpu, batch_size)
