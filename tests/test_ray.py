@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +140,98 @@ def test_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost_or_doubled(loc
     assert sorted(inputs) == sorted(expected), (set(expected) - set(inputs), stderr)
     assert _workers() != victims, "the killed worker was not replaced"
     _compare(local_outputs, root / "killed")  # no half-written, duplicate or stray files
+
+
+def test_two_nodes_share_the_work_and_a_node_lost_mid_run_loses_no_input(local, ray_cluster):
+    """A second node joins the session's head (both on loopback), one worker on each; once the
+    second node's worker has done a batch, the node is killed whole (its raylet and worker):
+    every input still comes once — explained, equal to the local run's, or failed by name."""
+    root, env, reference, local_outputs = local
+    node = _second_node(ray_cluster, root)
+    try:
+        with open(root / "two-nodes.jsonl", "wb") as out:
+            process = subprocess.Popen(
+                [str(CAMCLI), "explain", "in", *OPTIONS, "--out-dir", "two-nodes", "--json",
+                 "--engine", "ray", "--ray-workers", "2", "--ray-cpus", "2", "--batch-size", "2",
+                 "--debug", "--ray-address", ray_cluster.address],
+                cwd=root, stdout=out, stderr=subprocess.PIPE, text=True,
+                # Ray Data starts the work once both workers are up (not with the first one
+                # ready, which on a fast run could take every batch before the other loads)
+                env=dict(env, RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S="300"))
+        stderr, nodes = [], {}
+        for line in process.stderr:  # --debug: each worker says which node runs its batch
+            stderr.append(line)
+            batch = re.search(r"camcli: worker \S+ on node (\w+): a batch", line)
+            if batch:
+                nodes[batch[1]] = nodes.get(batch[1], 0) + 1
+                if batch[1] == node.id and node.process.poll() is None:
+                    os.killpg(node.process.pid, signal.SIGKILL)  # mid-run: the whole node
+                    node.process.wait()
+        process.wait(600)
+    finally:
+        _stop(node.process)
+    stderr = "".join(stderr)
+    (root / "two-nodes.stderr").write_text(stderr)
+    assert node.id in nodes and len(nodes) == 2, (nodes, stderr[-3000:])
+    assert process.returncode == 1, stderr[-3000:]  # the bad inputs (and any lost one)
+    lines = [json.loads(line) for line in (root / "two-nodes.jsonl").read_text().splitlines()]
+    inputs = _json_inputs([json.dumps(line) for line in lines])
+    expected = _json_inputs(reference.stdout.splitlines())
+    assert len(inputs) == len(set(inputs)) and sorted(inputs) == sorted(expected), stderr[-3000:]
+    lost = {line["input"] for line in lines if not line["ok"] and line["error"].startswith("lost")}
+    failed = sum(not line["ok"] for line in lines)
+    assert f"camcli: {len(lines) - failed} done, {failed} failed in " in stderr  # the count
+    outputs = _outputs(root / "two-nodes")
+    for name, content in local_outputs.items():
+        if name != "camcli-failures/" and name.split(".cam")[0] not in lost:
+            assert outputs.get(name) == content, f"{name} differs from the local run's"
+
+
+def _second_node(cluster, root: Path):
+    """``ray start --block`` joining ``cluster`` (2 CPUs), in a process group of its own; its
+    node's id (``id``) once the head counts two nodes."""
+    from types import SimpleNamespace
+
+    ray = CAMCLI.with_name("ray")
+    log = open(root / "second-node.log", "wb")
+    process = subprocess.Popen(
+        [str(ray), "start", f"--address={cluster.address}", "--num-cpus=2", "--block",
+         f"--object-store-memory={200 * 1024**2}", "--disable-usage-stats"],
+        env=cluster.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (root / "second-node.log").read_text()[-2000:]
+        for pid in _group(process.pid):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            ids = [c.split(b"=", 1)[1].decode() for c in command if c.startswith(b"--node_id=")]
+            if ids and b"raylet" in command[0]:
+                status = subprocess.run([str(ray), "status", f"--address={cluster.address}"],
+                                        env=cluster.env, capture_output=True, text=True)
+                if status.stdout.count("node_") >= 2 and "4.0 CPU" in status.stdout:
+                    return SimpleNamespace(process=process, id=ids[0])
+        time.sleep(1)
+    _stop(process)
+    raise AssertionError("the second node did not join in 120 s")
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes of process group ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _started(cwd: Path, env: dict, *args: str) -> tuple[subprocess.Popen, str]:
@@ -449,7 +543,7 @@ def test_inputs_of_a_batch_given_up_are_reported_by_name_once():
                       "in/b2-0.png", "in/b2-3.png"]
     assert lost == ["in/b1-0.png", "in/b1-1.png", "in/b1-2.png", "in/b1-3.png",
                     "in/b2-1.png", "in/b2-2.png"]
-    assert all(r.error.startswith("lost: its batch failed on Ray 4 times")
+    assert all(r.error.startswith("lost: Ray gave its batch up, its worker dead")
                for r in results if not r.ok)
 
 

@@ -130,6 +130,7 @@ class Worker:
         os.environ.update(spec.environment)  # before any backend reads it
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.actor = ray.get_runtime_context().get_actor_id()
+        self.node = ray.get_runtime_context().get_node_id()
         if spec.control is not None:  # a restart: the batch the dead process had is not busy
             spec.control.started.remote(self.actor)
         try:
@@ -165,6 +166,9 @@ class Worker:
         columns = batch.to_pydict() if hasattr(batch, "to_pydict") else dict(batch)
         paths = [str(p) for p in columns["path"]]
         passed = {k: columns[k] for k in ("block", "index") if k in columns}
+        if self.spec.debug:  # who does what, among Ray's lines on the driver
+            print(f"camcli: worker {self.name} on node {self.node}: a batch of {len(paths)}",
+                  flush=True)
         if self.fatal is not None:
             if self.spec.control is None:  # a Python caller: an exception is the clearest
                 raise UsageError(self.fatal[0])
@@ -749,8 +753,8 @@ def _stream(ray, dataset, blocks, sizes, control, stop, options) -> Iterator[Ima
                 if not received[block] >> index & 1:
                     yield ImageResult.failed(
                         storage.location(path, options),
-                        f"lost: its batch failed on Ray {RETRIES + 1} times (a worker that "
-                        "died: a crash, out of memory?); see Ray's logs",
+                        "lost: Ray gave its batch up, its worker dead (a crash, out of "
+                        f"memory, a lost node) {RETRIES + 1} times or for good; see Ray's logs",
                     )
 
 
