@@ -158,13 +158,14 @@ def test_two_nodes_share_the_work_and_a_node_lost_mid_run_loses_no_input(local, 
                 # Ray Data starts the work once both workers are up (not with the first one
                 # ready, which on a fast run could take every batch before the other loads)
                 env=dict(env, RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S="300"))
-        stderr, nodes = [], {}
+        stderr, nodes, killed_mid_run = [], {}, None
         for line in process.stderr:  # --debug: each worker says which node runs its batch
             stderr.append(line)
             batch = re.search(r"camcli: worker \S+ on node (\w+): a batch", line)
             if batch:
                 nodes[batch[1]] = nodes.get(batch[1], 0) + 1
                 if batch[1] == node.id and node.process.poll() is None:
+                    killed_mid_run = process.poll() is None
                     os.killpg(node.process.pid, signal.SIGKILL)  # mid-run: the whole node
                     node.process.wait()
         process.wait(600)
@@ -173,6 +174,7 @@ def test_two_nodes_share_the_work_and_a_node_lost_mid_run_loses_no_input(local, 
     stderr = "".join(stderr)
     (root / "two-nodes.stderr").write_text(stderr)
     assert node.id in nodes and len(nodes) == 2, (nodes, stderr[-3000:])
+    assert killed_mid_run, "the second node was not killed while the run went on"
     assert process.returncode == 1, stderr[-3000:]  # the bad inputs (and any lost one)
     lines = [json.loads(line) for line in (root / "two-nodes.jsonl").read_text().splitlines()]
     inputs = _json_inputs([json.dumps(line) for line in lines])
