@@ -39,6 +39,16 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: protocol → the extra that installs its backend.
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN")
+#: The environment variables the backends read for credentials, regions and endpoints:
+#: botocore (s3://) and google-auth/gcsfs (gs://). A Ray run hands them to its workers
+#: (:func:`backend_environment`). Those naming a file pass as the name: the file must be there.
+BACKEND_ENV = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+    "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_CA_BUNDLE",
+    "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "GOOGLE_OAUTH_ACCESS_TOKEN",
+    "STORAGE_EMULATOR_HOST",
+)
 _secrets: set[str] = set()
 
 
@@ -67,6 +77,19 @@ def redact(text: str) -> str:
         text = text.replace(secret, "***")
     text = re.sub(r"(://[^/\s:@]*):[^@/\s]*@", r"\1:***@", text)
     return re.sub(r"(https?://[^\s?#]*)\?[^\s#]*", r"\1?***", text)
+
+
+class Environment(dict):
+    """Environment variables that may hold secrets: a dict whose repr never shows a value."""
+
+    def __repr__(self) -> str:
+        return f"Environment({', '.join(f'{k}=***' for k in self)})"
+
+
+def backend_environment() -> Environment:
+    """The :data:`BACKEND_ENV` variables this process has: what a worker elsewhere needs to
+    reach URLs as this process would."""
+    return Environment({name: os.environ[name] for name in BACKEND_ENV if name in os.environ})
 
 
 # --------------------------------------------------------------------------- options

@@ -84,3 +84,89 @@ def enter() -> str | None:
         return reason
     reason = None
     return None
+
+
+
+class Routed:
+    """A second network namespace, inside the session's, that looks like a machine on a
+    network: loopback, ``inside`` on a veth whose other end (``outside``) is in the session's
+    namespace, and a default route through it — so a program there finds a network address
+    (Ray takes it as its node's address) and can be reached from ``outside``, as a neighbour
+    on the network would. :meth:`run_args` gives what ``subprocess`` needs to start a program
+    in it. Made with ``ip`` (iproute2); a sleeping process holds the namespace until
+    :meth:`close`."""
+
+    def __init__(self, inside: str = "10.77.0.1", outside: str = "10.77.0.2"):
+        import shutil
+        import subprocess
+
+        if reason is not None:
+            raise OSError(f"the session has no network namespace of its own: {reason}")
+        if shutil.which("ip") is None:
+            raise OSError("iproute2's `ip` is not installed")
+        self.inside, self.outside = inside, outside
+        self.holder = subprocess.Popen(["sleep", "infinity"], preexec_fn=_new_namespace)
+        self.link = f"cam{self.holder.pid % 100000}"
+        try:
+            self._ip("link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns",
+                     str(self.holder.pid))
+            self._ip("addr", "add", f"{outside}/24", "dev", self.link)
+            self._ip("link", "set", self.link, "up")
+            for command in (("link", "set", "lo", "up"),
+                            ("addr", "add", f"{inside}/24", "dev", "eth0"),
+                            ("link", "set", "eth0", "up"),
+                            ("route", "add", "default", "via", outside)):
+                self._ip(*command, inside_namespace=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def _ip(self, *args: str, inside_namespace: bool = False) -> None:
+        import subprocess
+
+        done = subprocess.run(["ip", *args], capture_output=True, text=True,
+                              preexec_fn=self.enter if inside_namespace else None)
+        if done.returncode != 0:
+            raise OSError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+    def enter(self) -> None:
+        """Move the calling process into the namespace (a ``preexec_fn``)."""
+        fd = os.open(f"/proc/{self.holder.pid}/ns/net", os.O_RDONLY)
+        try:
+            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+
+    def listening(self) -> list[tuple[str, int, int]]:
+        """``(address, port, socket inode)`` of every TCP socket listening in the namespace,
+        from the kernel's tables (``/proc/PID/net/tcp`` and ``tcp6`` of a process in it)."""
+        found = []
+        for table in ("tcp", "tcp6"):
+            with open(f"/proc/{self.holder.pid}/net/{table}") as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A":  # TCP_LISTEN
+                        address, port = fields[1].split(":")
+                        found.append((_address(address), int(port, 16), int(fields[9])))
+        return found
+
+    def close(self) -> None:
+        if self.holder.poll() is None:
+            self.holder.kill()
+            self.holder.wait()  # the namespace and its end of the veth go with it
+
+
+def _new_namespace() -> None:  # a preexec_fn
+    error = _unshare(CLONE_NEWNET)
+    if error:
+        raise OSError(error, "unshare(CLONE_NEWNET)")
+
+
+def _address(hexed: str) -> str:
+    """A /proc/net/tcp{,6} address (hex, in host byte order per 32-bit word) as text."""
+    raw = bytes.fromhex(hexed)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, words)

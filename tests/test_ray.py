@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +142,100 @@ def test_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost_or_doubled(loc
     _compare(local_outputs, root / "killed")  # no half-written, duplicate or stray files
 
 
+def test_two_nodes_share_the_work_and_a_node_lost_mid_run_loses_no_input(local, ray_cluster):
+    """A second node joins the session's head (both on loopback), one worker on each; once the
+    second node's worker has done a batch, the node is killed whole (its raylet and worker):
+    every input still comes once — explained, equal to the local run's, or failed by name."""
+    root, env, reference, local_outputs = local
+    node = _second_node(ray_cluster, root)
+    try:
+        with open(root / "two-nodes.jsonl", "wb") as out:
+            process = subprocess.Popen(
+                [str(CAMCLI), "explain", "in", *OPTIONS, "--out-dir", "two-nodes", "--json",
+                 "--engine", "ray", "--ray-workers", "2", "--ray-cpus", "2", "--batch-size", "2",
+                 "--debug", "--ray-address", ray_cluster.address],
+                cwd=root, stdout=out, stderr=subprocess.PIPE, text=True,
+                # Ray Data starts the work once both workers are up (not with the first one
+                # ready, which on a fast run could take every batch before the other loads)
+                env=dict(env, RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S="300"))
+        stderr, nodes, killed_mid_run = [], {}, None
+        for line in process.stderr:  # --debug: each worker says which node runs its batch
+            stderr.append(line)
+            batch = re.search(r"camcli: worker \S+ on node (\w+): a batch", line)
+            if batch:
+                nodes[batch[1]] = nodes.get(batch[1], 0) + 1
+                if batch[1] == node.id and node.process.poll() is None:
+                    killed_mid_run = process.poll() is None
+                    os.killpg(node.process.pid, signal.SIGKILL)  # mid-run: the whole node
+                    node.process.wait()
+        process.wait(600)
+    finally:
+        _stop(node.process)
+    stderr = "".join(stderr)
+    (root / "two-nodes.stderr").write_text(stderr)
+    assert node.id in nodes and len(nodes) == 2, (nodes, stderr[-3000:])
+    assert killed_mid_run, "the second node was not killed while the run went on"
+    assert process.returncode == 1, stderr[-3000:]  # the bad inputs (and any lost one)
+    lines = [json.loads(line) for line in (root / "two-nodes.jsonl").read_text().splitlines()]
+    inputs = _json_inputs([json.dumps(line) for line in lines])
+    expected = _json_inputs(reference.stdout.splitlines())
+    assert len(inputs) == len(set(inputs)) and sorted(inputs) == sorted(expected), stderr[-3000:]
+    lost = {line["input"] for line in lines if not line["ok"] and line["error"].startswith("lost")}
+    failed = sum(not line["ok"] for line in lines)
+    assert f"camcli: {len(lines) - failed} done, {failed} failed in " in stderr  # the count
+    outputs = _outputs(root / "two-nodes")
+    for name, content in local_outputs.items():
+        if name != "camcli-failures/" and name.split(".cam")[0] not in lost:
+            assert outputs.get(name) == content, f"{name} differs from the local run's"
+
+
+def _second_node(cluster, root: Path):
+    """``ray start --block`` joining ``cluster`` (2 CPUs), in a process group of its own; its
+    node's id (``id``) once the head counts two nodes."""
+    from types import SimpleNamespace
+
+    ray = CAMCLI.with_name("ray")
+    log = open(root / "second-node.log", "wb")
+    process = subprocess.Popen(
+        [str(ray), "start", f"--address={cluster.address}", "--num-cpus=2", "--block",
+         f"--object-store-memory={200 * 1024**2}", "--disable-usage-stats"],
+        env=cluster.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (root / "second-node.log").read_text()[-2000:]
+        for pid in _group(process.pid):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            ids = [c.split(b"=", 1)[1].decode() for c in command if c.startswith(b"--node_id=")]
+            if ids and b"raylet" in command[0]:
+                status = subprocess.run([str(ray), "status", f"--address={cluster.address}"],
+                                        env=cluster.env, capture_output=True, text=True)
+                if status.stdout.count("node_") >= 2 and "4.0 CPU" in status.stdout:
+                    return SimpleNamespace(process=process, id=ids[0])
+        time.sleep(1)
+    _stop(process)
+    raise AssertionError("the second node did not join in 120 s")
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes of process group ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def _started(cwd: Path, env: dict, *args: str) -> tuple[subprocess.Popen, str]:
     """``camcli explain *args`` started, and its first stdout line once it is written.
 
@@ -249,6 +345,28 @@ def test_a_ray_that_cannot_start_is_one_error_and_exit_2(tmp_path):
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.splitlines()
     assert line.startswith("camcli: error: cannot start a local Ray instance: "), line
+
+
+def test_nothing_to_explain_starts_no_ray_and_reaches_no_cluster(tmp_path):
+    """An empty folder, an empty stdin: the local run's "0 done" and exit 0, at once. Ray
+    could not start here (its temporary folder is a file) nor reach the cluster named (nothing
+    listens): either would have been an error (exit 2) had camcli tried."""
+    (tmp_path / "empty").mkdir()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    env = _env(tmp_path, RAY_TMPDIR=str(blocker / "ray"), RAY_ADDRESS="")
+    with __import__("socket").socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    runs = [_camcli(tmp_path, "empty", *MODEL, *ON_RAY, env=env, timeout=120),
+            subprocess.run([str(CAMCLI), "explain", "-", *MODEL, *ON_RAY, "--ray-address",
+                            closed, "--json"], cwd=tmp_path, env=env, input="",
+                           capture_output=True, text=True, timeout=120)]
+    for done in runs:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == ""
+        assert "camcli: 0 done, 0 failed in " in done.stderr, done.stderr
+    assert not list(tmp_path.rglob("*.cam.*"))
 
 
 def test_without_ray_installed_the_error_says_what_to_install(tmp_path):
@@ -427,17 +545,20 @@ def test_inputs_of_a_batch_given_up_are_reported_by_name_once():
                       "in/b2-0.png", "in/b2-3.png"]
     assert lost == ["in/b1-0.png", "in/b1-1.png", "in/b1-2.png", "in/b1-3.png",
                     "in/b2-1.png", "in/b2-2.png"]
-    assert all(r.error.startswith("lost: its batch failed on Ray 4 times")
+    assert all(r.error.startswith("lost: Ray gave its batch up, its worker dead")
                for r in results if not r.ok)
 
 
 # --------------------------------------------------------------------------- object storage
 
 
-def test_s3_inputs_and_outputs_on_ray_match_a_local_run(s3_server, ray_cluster, tmp_path):
-    """URLs in and out, credentials given as --storage-option only (the cluster's workers were
-    started without any): the same objects as a local run, the same failure lines."""
+@pytest.fixture(scope="module")
+def s3_local(s3_server, ray_cluster, tmp_path_factory):
+    """Inputs in a bucket (six images, one broken, one unreadable) and one local run of them
+    to ``s3://ray-out/local/``, its credentials given as --storage-option only; ``objects``
+    reads a run's outputs back. The session cluster was started without any credentials."""
     import io
+    from types import SimpleNamespace
 
     client = s3_server.client()
     client.create_bucket(Bucket="ray-in")
@@ -455,18 +576,14 @@ def test_s3_inputs_and_outputs_on_ray_match_a_local_run(s3_server, ray_cluster, 
                    f"secret={s3_server.env['AWS_SECRET_ACCESS_KEY']}",
                    f"endpoint_url={s3_server.endpoint}"):
         credentials += ["--storage-option", option]
-    env = _env(tmp_path, ray_cluster)
+    home = tmp_path_factory.mktemp("ray-s3")
+    env = _env(home, ray_cluster)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         env.pop(name, None)
-    runs = {}
-    for where, engine in (("local", ()), ("ray", (*ON_RAY, "--ray-address", ray_cluster.address))):
-        runs[where] = _camcli(tmp_path, "s3://ray-in/set/", "-r", *MODEL, "--batch-size", "2",
-                              "-o", f"s3://ray-out/{where}/", *credentials, *engine, env=env)
-        assert runs[where].returncode == 1, runs[where].stderr
-    assert _failure_lines(runs["ray"].stderr) == _failure_lines(runs["local"].stderr) == [
-        "s3://ray-in/set/broken.jpg: not an image file Pillow can read",
-        "s3://ray-in/set/secret/hidden.jpg: cannot read: access denied",
-    ]
+
+    def explain(where, *args, env=env):
+        return _camcli(home, "s3://ray-in/set/", "-r", *MODEL, "--batch-size", "2",
+                       "-o", f"s3://ray-out/{where}/", *args, env=env)
 
     def objects(prefix):
         pages = client.get_paginator("list_objects_v2").paginate(Bucket="ray-out", Prefix=prefix)
@@ -474,7 +591,69 @@ def test_s3_inputs_and_outputs_on_ray_match_a_local_run(s3_server, ray_cluster, 
         return {key.removeprefix(prefix): client.get_object(Bucket="ray-out", Key=key)[
             "Body"].read() for key in keys if "camcli-failures" not in key}
 
-    local, remote = objects("local/"), objects("ray/")
-    assert len(local) == 12 and sorted(remote) == sorted(local)
-    for key, data in local.items():
+    local = explain("local", *credentials)
+    assert local.returncode == 1, local.stderr
+    assert _failure_lines(local.stderr) == [
+        "s3://ray-in/set/broken.jpg: not an image file Pillow can read",
+        "s3://ray-in/set/secret/hidden.jpg: cannot read: access denied",
+    ]
+    outputs = objects("local/")
+    assert len(outputs) == 12
+    return SimpleNamespace(explain=explain, objects=objects, credentials=credentials, env=env,
+                           local=local, outputs=outputs, home=home)
+
+
+def _same_objects(s3_local, run, prefix: str) -> None:
+    assert run.returncode == 1, run.stderr
+    remote = s3_local.objects(prefix)
+    assert sorted(remote) == sorted(s3_local.outputs)
+    for key, data in s3_local.outputs.items():
         assert remote[key] == data, key
+
+
+def test_s3_inputs_and_outputs_on_ray_match_a_local_run(s3_local, ray_cluster):
+    """URLs in and out, credentials given as --storage-option only (the cluster's workers were
+    started without any): the same objects as a local run, the same failure lines."""
+    run = s3_local.explain("ray", *s3_local.credentials, *ON_RAY, "--ray-address",
+                           ray_cluster.address)
+    _same_objects(s3_local, run, "ray/")
+    assert _failure_lines(run.stderr) == _failure_lines(s3_local.local.stderr)
+
+
+def test_credentials_in_the_drivers_environment_reach_the_workers_unshown(
+        s3_local, s3_server, ray_cluster):
+    """Credentials and endpoint in the driver's environment only, as most users give them;
+    the cluster was started without them: its workers get them with the run, and nothing
+    shows the secret — not --debug's lines, nor Ray's logs on the cluster."""
+    secret = s3_server.env["AWS_SECRET_ACCESS_KEY"]
+    raylets = [pid for pid, command in _processes().items() if b"raylet/raylet" in command
+               and ray_cluster.temp.encode() in command]
+    assert raylets and all(secret not in _environ(pid) for pid in raylets), \
+        "the session cluster should have been started without the credentials"
+    env = dict(s3_local.env, **{k: s3_server.env[k] for k in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")})
+    run = s3_local.explain("env", *ON_RAY, "--ray-address", ray_cluster.address, "--debug",
+                           env=env)
+    assert "camcli: debug: ray: " in run.stderr, run.stderr[-2000:]  # Ray's lines shown...
+    assert secret not in run.stdout + run.stderr  # ...never the secret
+    _same_objects(s3_local, run, "env/")
+    lines = run.stderr.splitlines()
+    assert all(line in lines for line in _failure_lines(s3_local.local.stderr)), run.stderr
+    logs = [p for p in Path(ray_cluster.temp).rglob("*") if p.is_file() and not p.is_socket()]
+    assert logs and not [p for p in logs if secret.encode() in p.read_bytes()], \
+        "the secret is in Ray's files"
+
+
+def _processes() -> dict[int, bytes]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+    return found
+
+
+def _environ(pid: int) -> str:
+    return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")

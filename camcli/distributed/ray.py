@@ -111,6 +111,10 @@ class WorkerSpec:
     cwd: str | None = None  # the driver's folder: relative paths mean the same on a worker
     debug: bool = False
     control: object = None  # a _Control actor handle (the CLI's runs), or None
+    # the driver's credentials for URLs (storage.backend_environment): a cluster's nodes were
+    # started without them. Not through Ray's runtime_env: Ray writes that, values and all,
+    # in its agents' logs on every node. Travels as --storage-option values do; never shown.
+    environment: dict = field(default_factory=dict, repr=False)
 
 
 # --------------------------------------------------------------------------- the worker
@@ -123,8 +127,10 @@ class Worker:
         import ray
 
         self.spec, self.fatal, self.warning = spec, None, None
+        os.environ.update(spec.environment)  # before any backend reads it
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.actor = ray.get_runtime_context().get_actor_id()
+        self.node = ray.get_runtime_context().get_node_id()
         if spec.control is not None:  # a restart: the batch the dead process had is not busy
             spec.control.started.remote(self.actor)
         try:
@@ -160,6 +166,9 @@ class Worker:
         columns = batch.to_pydict() if hasattr(batch, "to_pydict") else dict(batch)
         paths = [str(p) for p in columns["path"]]
         passed = {k: columns[k] for k in ("block", "index") if k in columns}
+        if self.spec.debug:  # who does what, among Ray's lines on the driver
+            print(f"camcli: worker {self.name} on node {self.node}: a batch of {len(paths)}",
+                  flush=True)
         if self.fatal is not None:
             if self.spec.control is None:  # a Python caller: an exception is the clearest
                 raise UsageError(self.fatal[0])
@@ -311,35 +320,118 @@ def _import_ray():
 @contextlib.contextmanager
 def connected(address: str | None = None, debug: bool = False):
     """Ray, connected to ``address`` (else ``RAY_ADDRESS``, else a local instance started for
-    this run and stopped after it). Raises :class:`ClusterError` when Ray cannot start or the
-    cluster cannot be reached. A Ray already initialised by the caller is used as it is."""
-    ray = _import_ray()
-    _quiet_ray(debug)
-    if ray.is_initialized():
-        yield ray
-        return
+    this run and stopped after it: private, see :func:`_private_instance`). Raises
+    :class:`ClusterError` when Ray cannot start or the cluster cannot be reached. A Ray
+    already initialised by the caller is used as it is."""
     address = address or os.environ.get("RAY_ADDRESS") or None
-    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-    if address and address not in ("auto", "local"):
-        _probe(address)
-    settings = {"log_to_driver": debug, "logging_level": logging.DEBUG if debug else logging.ERROR}
-    if not address or address == "local":
-        settings.update(address="local", include_dashboard=False)
-    else:
-        settings.update(address=address)
+    local = not address or address == "local"
+    with _private_instance() if local and not _ray_initialized() else contextlib.nullcontext():
+        ray = _import_ray()
+        _quiet_ray(debug)
+        if ray.is_initialized():
+            yield ray
+            return
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        if not local and address != "auto":
+            _probe(address)
+        settings = {"log_to_driver": debug,
+                    "logging_level": logging.DEBUG if debug else logging.ERROR}
+        if local:
+            settings.update(address="local", include_dashboard=False)
+        else:
+            settings.update(address=address)
+        try:
+            ray.init(**settings)
+            if local:
+                _check_loopback(ray)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if isinstance(exc, ClusterError):
+                raise
+            verb = "start" if local else "connect to"
+            raise ClusterError(f"cannot {verb} {where}: {_one_line(exc)}") from exc
+        try:
+            yield ray
+        finally:
+            _join_ray_data_threads()
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+
+
+def _ray_initialized() -> bool:
+    import sys
+
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and getattr(ray, "is_initialized", lambda: False)())
+
+
+#: Addresses a private instance may listen on.
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@contextlib.contextmanager
+def _private_instance():
+    """The settings under which a local Ray instance is this machine's only, and this run's:
+
+    - its node address is loopback, so its GCS, raylet, object and node managers, agents and
+      workers all listen on 127.0.0.1 (Ray's gRPC servers bind 127.0.0.1 when the node's
+      address is, else every interface; ``--node-ip-address``/``_node_ip_address`` cannot say
+      loopback: Ray swaps it for the network address). Ray picks loopback itself where it
+      keeps clusters local, on macOS and Windows; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+      asks for that here. :func:`_check_loopback` verifies it after the start;
+    - token authentication with a random token of the run's (other users of this machine
+      reach its loopback too). It lives in this process's environment, which Ray's processes
+      inherit (readable by the same user only), and nowhere else: not in ``~/.ray``, where
+      Ray would write one of its own, nor on a command line, a log or the screen.
+
+    The environment is restored afterwards (a Python caller may connect to its own cluster
+    next)."""
+    import secrets
+
+    settings = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_AUTH_TOKEN_PATH": None}
+    saved = {name: os.environ.get(name) for name in settings}
+    _set_environment(settings)
     try:
-        ray.init(**settings)
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        verb = "start" if not address or address == "local" else "connect to"
-        raise ClusterError(f"cannot {verb} {where}: {_one_line(exc)}") from exc
-    try:
-        yield ray
+        yield
     finally:
-        _join_ray_data_threads()
-        with contextlib.suppress(Exception):
-            ray.shutdown()
+        _set_environment(saved)
+
+
+def _set_environment(values: dict) -> None:
+    """``os.environ`` updated (None: removed), and what Ray read from it at import refreshed
+    when Ray is already imported (it is read again as Ray itself does when it turns token
+    authentication on)."""
+    import sys
+
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if "ray" not in sys.modules:
+        return
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1").lower() not in ("0", "false")
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _check_loopback(ray) -> None:
+    """The instance just started is on loopback, or a ClusterError (never a Ray open to the
+    network because a version of Ray ignored the setting)."""
+    node = ray.util.get_node_ip_address()
+    if node not in LOOPBACK:
+        raise ClusterError(
+            f"refusing to run on a local Ray instance that listens on {node}, not on loopback "
+            "only; start Ray yourself and give --ray-address")
 
 
 #: How long a disconnect waits for Ray Data's threads of a dataset closed early (seconds).
@@ -447,8 +539,9 @@ def run(
     """Explain every input on a Ray cluster; yields one result per input, like
     :meth:`camcli.api.Explainer.run` (same arguments; ``model_options`` are the Explainer's).
 
-    Connects (or starts Ray), lists the inputs and waits for the first batch before
+    Lists the inputs, connects (or starts Ray) and waits for the first batch before
     returning, so a cluster that cannot be reached or a model that cannot load raises here.
+    No input at all: returns at once, with no Ray started and no cluster reached.
     """
     from camcli.runner import Inputs, stop_when_full
 
@@ -457,19 +550,25 @@ def run(
     stats = stats or RunStats()
     stop = stop or threading.Event()
     batch_size = int(model_options.get("batch_size") or 16)
+    inputs = Inputs(tuple(paths), recursive, stdin, max_pixels, skip_existing, shard,
+                    storage_options)
+    found, _, _ = inputs.discover(stats)
+    found = iter(found)
+    head = next(found, None)
+    if head is None:  # nothing to do: no Ray is started, no cluster reached
+        return iter(())
+    found = itertools.chain([head], found)
     session = connected(ray_options.address, debug)
     ray = session.__enter__()
     try:
-        inputs = Inputs(tuple(paths), recursive, stdin, max_pixels, skip_existing, shard,
-                        storage_options)
-        found, _, _ = inputs.discover(stats)
         shape = plan(ray, ray_options)
         found = _windows(iter(found), window_size(shape[0], batch_size))
         window = next(found, [])
         control = ray.remote(num_cpus=0)(_ControlState).remote()
         spec = WorkerSpec(model_options, output, inputs.max_pixels, skip_existing,
                           compiled=len(window) > EAGER_MAX_IMAGES, cwd=os.getcwd(),
-                          debug=debug, control=control)
+                          debug=debug, control=control,
+                          environment=storage.backend_environment())
         windows = itertools.chain([window], found) if window else iter(())
         del window
         results = _run_windows(ray, windows, spec, shape, batch_size, control, stop,
@@ -654,8 +753,8 @@ def _stream(ray, dataset, blocks, sizes, control, stop, options) -> Iterator[Ima
                 if not received[block] >> index & 1:
                     yield ImageResult.failed(
                         storage.location(path, options),
-                        f"lost: its batch failed on Ray {RETRIES + 1} times (a worker that "
-                        "died: a crash, out of memory?); see Ray's logs",
+                        "lost: Ray gave its batch up, its worker dead (a crash, out of "
+                        f"memory, a lost node) {RETRIES + 1} times or for good; see Ray's logs",
                     )
 
 
@@ -713,7 +812,7 @@ def explain_dataset(
     options = dict(options, out_dir=out_dir, write=write)
     output = take_output_options(options, storage_options)  # the rest are the Explainer's
     spec = WorkerSpec(options, output, max_pixels, skip_existing, compiled=True,
-                      cwd=os.getcwd())
+                      cwd=os.getcwd(), environment=storage.backend_environment())
     count, cpu, gpu = plan(ray, RayOptions(workers=workers, cpus=cpus, gpus=gpus), spare=1)
     batch_size = int(options.get("batch_size") or 16)
     rows = _map(dataset, spec, count, cpu, gpu, batch_size)
