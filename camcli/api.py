@@ -85,6 +85,9 @@ class Explainer:
         self.top_k = min(top_k, len(labels))
         self.batch_size = batch_size
         self._engines: dict = {}
+        # Built now, not at the first batch: a method that does not fit the model (CAM on a
+        # model without its pooling + dense head) is a usage error before any input is read.
+        self.engine()
 
     # ----------------------------------------------------------------- compute only
 
