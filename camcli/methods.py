@@ -623,6 +623,47 @@ def get_method(name: str, **options) -> Method:
     raise UnknownNameError("method", name, sorted(METHODS))
 
 
+#: Options with flags of their own (``--scorecam-batch``, ``--scorecam-channels``).
+_FLAGGED = {"chunk_size", "channels"}
+
+
+def parse_method_options(name: str, options) -> dict:
+    """A method's own options from ``NAME=VALUE`` strings (``--method-option``) or a dict:
+    each name must be one of the method's options, each string value is converted to the type
+    of its default (``none`` for none); a usage error says what is wrong."""
+    from camcli.errors import UsageError
+
+    method = get_method(name)
+    own = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)}
+    own = {k: v for k, v in own.items() if k not in _BASE_FIELDS | _FLAGGED}
+    pairs = options.items() if isinstance(options, dict) else (
+        item.partition("=")[::2] for item in options or ())
+    parsed = {}
+    for key, value in pairs:
+        key = key.strip().replace("-", "_")
+        if key not in own:
+            known = ", ".join(own) or "none"
+            raise UsageError(f"--method-option {key}: not an option of {method.name} "
+                             f"(its options: {known})")
+        parsed[key] = _converted(method.name, key, value, own[key])
+    return parsed
+
+
+def _converted(method: str, key: str, value, default):
+    if not isinstance(value, str):
+        return value
+    from camcli.errors import UsageError
+
+    if value.strip().lower() == "none":
+        return None
+    kind = float if default is None else type(default)
+    try:
+        return kind(value)
+    except ValueError:
+        raise UsageError(
+            f"--method-option {key}={value}: {method} wants a {kind.__name__}") from None
+
+
 def method_names() -> str:
     """``gradcam, gradcam++, ...``: the table's names, for help texts."""
     return ", ".join(METHODS)
