@@ -76,8 +76,9 @@ class Method:
         return dataclasses.replace(self, **chosen) if chosen else self
 
     def recorded_options(self) -> dict:
-        """The method's own options that change the maps, as recorded in every record."""
-        return {}
+        """The method's own options that change the maps, as recorded in every record: by
+        default those its formula takes."""
+        return self.formula_options()
 
     def formula_options(self) -> dict:
         """The keyword arguments the formula takes from the method's own options."""
@@ -410,9 +411,6 @@ class KernelPCACAM(Method):
     def formula_options(self) -> dict:
         return {"kernel": self.kernel, "gamma": self.gamma, "coef0": self.coef0}
 
-    def recorded_options(self) -> dict:
-        return {"kernel": self.kernel, "gamma": self.gamma, "coef0": self.coef0}
-
 
 @dataclass(frozen=True)
 class FEM(Method):
@@ -422,9 +420,6 @@ class FEM(Method):
     k: float = 2.0
 
     def formula_options(self) -> dict:
-        return {"k": self.k}
-
-    def recorded_options(self) -> dict:
         return {"k": self.k}
 
 
@@ -440,9 +435,6 @@ class RandomCAM(Method):
         _check(self.name, self.seed >= 0, f"seed must be at least 0, not {self.seed}")
 
     def formula_options(self) -> dict:
-        return {"seed": self.seed}
-
-    def recorded_options(self) -> dict:
         return {"seed": self.seed}
 
 
