@@ -475,8 +475,9 @@ def _output_activation(keras_model, index: int) -> tuple[str, tuple[Patch, ...]]
 
 # --------------------------------------------------------------------------- the CAM head
 
-#: Layers a CAM head may have between the pooling, the classifier and the output: they pass
-#: the pooled channels (or the class scores) through unchanged in inference.
+#: Layers a CAM head may have between the pooling, the classifier and the output (keras layer
+#: class names, subclasses too): they pass the pooled channels (or the class scores) through
+#: unchanged in inference.
 _PASSTHROUGH = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianDropout",
                 "AlphaDropout", "Flatten", "Reshape", "Identity", "Softmax")
 
@@ -488,15 +489,24 @@ def _single_input(tensor):
     return operation, (inputs[0] if len(inputs) == 1 else None)
 
 
-def _skip_passthrough(tensor):
+def _passes_through(operation) -> bool:
+    import keras
+
+    if isinstance(operation, tuple(getattr(keras.layers, name) for name in _PASSTHROUGH)):
+        return True
+    activation = getattr(getattr(operation, "activation", None), "__name__", "")
+    return isinstance(operation, keras.layers.Activation) and activation in (
+        "linear", "softmax", "sigmoid")
+
+
+def _skip_passthrough(tensor, stop=None):
     """Walk back from ``tensor`` over pass-through layers (:data:`_PASSTHROUGH`, linear
-    activations); returns the first other layer and its input tensor."""
+    activations), or until ``stop`` produced it; returns the layer reached and its input."""
     while True:
         operation, source = _single_input(tensor)
-        name = type(operation).__name__
-        activation = getattr(getattr(operation, "activation", None), "__name__", "")
-        if source is None or not (name in _PASSTHROUGH or (name == "Activation" and activation
-                                                            in ("linear", "softmax", "sigmoid"))):
+        if stop is not None and _producer(tensor) is stop:
+            return stop, source
+        if source is None or not _passes_through(operation):
             return operation, source
         tensor = source
 
@@ -525,7 +535,8 @@ def head_weights(loaded: LoadedModel, layer) -> np.ndarray:
         raise UsageError(f"{why}; the output comes from {dense.name!r}") from None
     if activation not in ("linear", "softmax", "sigmoid"):
         raise UsageError(f"{why}; {dense.name!r} has a {activation} activation")
-    if not isinstance(pool, keras.layers.GlobalAveragePooling2D) or _producer(source) is not layer:
+    if not isinstance(pool, keras.layers.GlobalAveragePooling2D) or source is None or (
+            _skip_passthrough(source, stop=layer)[0] is not layer):
         raise UsageError(f"{why}; {dense.name!r} does not read {layer.name!r} that way")
     kernel = kernel.astype(np.float32)
     return np.concatenate([-kernel, kernel], axis=1) if loaded.binary else kernel

@@ -474,10 +474,10 @@ def test_ablationcam_graph_cut_and_full_model_replacement_agree(make_loaded):
 # Mismatched maps (another image's) point at the object < 40 % of the time for every method.
 # Issue 24 (A), same run: cam 0.99, gradcam-elementwise 1.00, eigengradcam 1.00, kpcacam 0.98,
 # fem 0.97, finercam 0.99, smoothgradcam++ 1.00; sscam (4 samples, noise 0.05) 0.98 and 1.00
-# on 16 channels; iscam (3 samples) 0.95 and 1.00 on 16 channels. With torch-cam's defaults SS-CAM (35 samples, noise 2.0 on [0, 1] masks)
-# points 0.51 and IS-CAM (10 samples: inputs scaled up to 5.5x) 0.57 on this CNN: those
-# defaults swamp a small CNN's inputs, so the check runs them lighter. randomcam is a baseline,
-# checked in test_more_methods.py.
+# on 16 channels; iscam (3 samples) 0.95 and 1.00 on 16 channels. With torch-cam's defaults,
+# SS-CAM (35 samples, noise 2.0 on [0, 1] masks) points 0.51 and IS-CAM (10 samples: inputs
+# scaled up to 5.5x) 0.57 on this CNN: those defaults swamp a small CNN's inputs, so the check
+# runs them lighter. randomcam is a baseline, checked in test_more_methods.py.
 POINTING_IMAGES = 100
 MIN_POINTING = 0.85
 LIGHT = {"sscam": {"samples": 4, "noise": 0.05, "channels": 16},

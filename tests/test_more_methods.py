@@ -389,6 +389,43 @@ def test_seeded_methods_are_reproducible_and_batch_independent(cnn_conv3, name, 
         assert np.abs(run(images, seed=1) - first).max() > 1e-4  # the seed draws others
 
 
+class _BatchSpy(keras.layers.Identity):
+    """Passes its input through and notes the batch size of every (eager) call (an Identity,
+    so CAM still finds its head across it)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def call(self, inputs):
+        if inputs.shape[0] is not None:  # not while the model is built
+            self.seen.append(int(inputs.shape[0]))
+        return inputs
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_the_model_never_sees_a_batch_of_one(make_loaded, name):
+    # engine.MIN_BATCH, for every model call a method makes: the forward/backward pass, noisy
+    # copies, masked inputs and ablated activations in chunks (of 3 here: 7 channels leave a
+    # chunk of one). One image, explained eagerly so the spy sees concrete batch sizes.
+    from camcli.engine import MIN_BATCH
+
+    before, after = _BatchSpy(name="before"), _BatchSpy(name="after")  # after: in the tail
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(7, 3, padding="same", activation="relu", name="features")(
+        before(inputs))
+    outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(after(x)))
+    loaded = make_loaded(keras.Model(inputs, outputs), "features")
+    method = get_method(name, chunk_size=3, **({"samples": 2} if "samples" in
+                                                 METHODS[name].recorded_options() else {}))
+    image = np.random.default_rng(11).uniform(size=(1, 8, 8, 3)).astype(np.float32)
+    before.seen.clear()
+    after.seen.clear()
+    Engine(loaded, Targets(top=2), method, compiled=False).run(image)
+    seen = before.seen + after.seen
+    assert before.seen and min(seen) >= MIN_BATCH, seen
+
+
 def _pointing(cams, boxes, size, margin) -> float:
     return float(np.mean([point_in_box(map_stats(cam, size, size).peak, box, margin)
                           for cam, box in zip(cams, boxes, strict=True)]))
