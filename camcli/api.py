@@ -52,15 +52,17 @@ class Explainer:
         fuse: str = "mean",
         scorecam_batch: int = DEFAULT_CHUNK_SIZE,
         scorecam_channels: int | None = None,
+        method_option: Sequence[str] | dict | None = None,
         precision: str = "float32",
     ):
         from camcli import engine, loading
-        from camcli.methods import get_method
+        from camcli.methods import get_method, parse_method_options
         from camcli.precision import warn_if_slow
 
         classes = list(classes or ())
         _check_counts(batch_size, top_k, top_k_cams, classes)
-        self.method = get_method(method, chunk_size=scorecam_batch, channels=scorecam_channels)
+        self.method = get_method(method, chunk_size=scorecam_batch, channels=scorecam_channels,
+                                 **parse_method_options(method, method_option))
         try:
             self.cam_options = engine.CamOptions(
                 eigen_smooth=eigen_smooth, aug_smooth=aug_smooth, fuse=fuse
@@ -85,6 +87,9 @@ class Explainer:
         self.top_k = min(top_k, len(labels))
         self.batch_size = batch_size
         self._engines: dict = {}
+        # Built now, not at the first batch: a method that does not fit the model (CAM on a
+        # model without its pooling + dense head) is a usage error before any input is read.
+        self.engine()
 
     # ----------------------------------------------------------------- compute only
 
@@ -189,14 +194,15 @@ def check_options(options: dict) -> None:
     """The checks of :class:`Explainer`'s keyword arguments that need no model: what a Ray
     driver runs before it reaches for a cluster (the workers load the model)."""
     from camcli import loading, registry
-    from camcli.methods import get_method
+    from camcli.methods import get_method, parse_method_options
 
     classes = list(options.get("classes") or ())
     _check_counts(options.get("batch_size", DEFAULT_BATCH_SIZE), options.get("top_k", 5),
                   options.get("top_k_cams"), classes)
-    get_method(options.get("method", "gradcam"),
-               chunk_size=options.get("scorecam_batch", DEFAULT_CHUNK_SIZE),
-               channels=options.get("scorecam_channels"))
+    method = options.get("method", "gradcam")
+    get_method(method, chunk_size=options.get("scorecam_batch", DEFAULT_CHUNK_SIZE),
+               channels=options.get("scorecam_channels"),
+               **parse_method_options(method, options.get("method_option")))
     model = options.get("model", "resnet50")
     if not loading.is_model_file(model):
         registry.get_spec(model)

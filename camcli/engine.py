@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from camcli.heatmaps import normalize
-from camcli.loading import LoadedModel, patched
-from camcli.methods import Method, Needs, get_method
+from camcli.loading import LoadedModel, head_weights, patched
+from camcli.methods import Method, Needs, get_method, image_keys
 
 #: ``--aug-smooth``: horizontal flip × 3 scales (zoomed out and padded); maps are mapped back.
 AUGMENTATIONS = tuple((flip, scale) for flip in (False, True) for scale in (1.0, 0.875, 0.75))
@@ -121,6 +121,10 @@ class Engine:
             Needs.MASKED_INPUT_SCORES: self._masked_input_scores,
             Needs.ABLATION_SCORES: self._ablation_scores,
         }
+        # CAM: the classifier's weights on each target layer, found once (a usage error if the
+        # model has no global-average-pooling + dense head there).
+        self._heads = ([head_weights(loaded, layer) for layer in self.layers]
+                       if self.method.needs is Needs.HEAD_WEIGHTS else [])
 
     def _compile(self, function, signature):
         return tf.function(function, input_signature=signature) if self.compiled else function
@@ -164,11 +168,16 @@ class Engine:
             logits, targets, scores = logits[:n], targets[:n], scores[:n]
             activations, gradients = [a[:n] for a in activations], [g[:, :n] for g in gradients]
         k = targets.shape[1]
+        seeded = self.method.seeded or self.method.needs is Needs.NOISY_GRADIENTS
+        keys = image_keys(batch) if seeded else None
+        if self.method.needs is Needs.NOISY_GRADIENTS:
+            gradients = self._noisy_gradients(batch, targets, keys)
         per_layer = []
         for index, a in enumerate(activations):
             evidence = self._evidence(index, batch, a, gradients, targets)
             a_kn = np.broadcast_to(a[None], (k, *a.shape)).reshape(k * n, *a.shape[1:])
-            raw = self.method.cam(a_kn, evidence, self.options.eigen_smooth)
+            keys_kn = None if keys is None else np.tile(keys, k)
+            raw = self.method.cam(a_kn, evidence, self.options.eigen_smooth, keys_kn)
             maps, _ = normalize(raw)
             per_layer.append(maps.reshape(k, n, *maps.shape[1:]).transpose(1, 0, 2, 3))
         return logits, targets, scores, _fuse(per_layer, self.options.fuse)
@@ -182,6 +191,10 @@ class Engine:
             return None
         if needs is Needs.GRADIENTS:
             return gradients[index].reshape(k * n, *activations.shape[1:])
+        if needs is Needs.NOISY_GRADIENTS:  # (k, n, samples, h, w, c)
+            return gradients[index].reshape(k * n, *gradients[index].shape[2:])
+        if needs is Needs.HEAD_WEIGHTS:  # the targets' columns, class-major
+            return self._heads[index][:, targets.T.ravel()].T
         scorer = self._channel_scorers[needs]
         return scorer(index, batch, activations, targets).reshape(k * n, -1)
 
@@ -200,9 +213,12 @@ class Engine:
             chosen = self._choose_targets(logits)
             targets = tf.where(forced_targets >= 0, forced_targets, chosen)
             scores = tf.gather(logits, targets, batch_dims=1)  # (n, k)
+            # What the method differentiates: the targets' logits, or its own (Finer-CAM's
+            # contrast with the nearest classes).
+            explained = self.method.explained_scores(logits, targets, scores)
             # Each image's score depends only on its own activations (inference mode), so the
             # gradient of the batch sum is every image's own gradient, in one backward pass.
-            totals = [tf.reduce_sum(scores[:, i]) for i in range(k)]
+            totals = [tf.reduce_sum(explained[:, i]) for i in range(k)]
         captured = [c.value for c in captures]
         gradients = []
         if needs_gradients:
@@ -245,6 +261,18 @@ class Engine:
             return tf.tile(order[None, :], [n, 1])
         return tf.math.top_k(logits, k=self.targets.top).indices
 
+    def _noisy_gradients(self, batch, targets, keys) -> list[np.ndarray]:
+        """Per layer, ``(k, n, samples, h, w, c)``: the gradients of the method's noisy copies
+        of the batch (one model call per copy, each the batch's size, never a lone image),
+        explaining the clean images' targets."""
+        n = len(batch)
+        forced = tf.constant(_padded(targets.astype(np.int32)))
+        samples = []
+        for noisy in self.method.noisy_copies(batch, keys):
+            gradients = self._step(tf.constant(_padded(noisy)), forced)[4]
+            samples.append([_numpy(g)[:, :n] for g in gradients])
+        return [np.stack([s[index] for s in samples], axis=2) for index in range(len(self.layers))]
+
     # ----------------------------------------------------------------- channel scores
 
     def _masked_input_scores(self, index: int, batch, activations, targets) -> np.ndarray:
@@ -257,13 +285,17 @@ class Engine:
         pairs = [(i, ch) for i in range(n) for ch in chosen[i]]
         out = np.full((k, n, c), -np.inf)
         height, width = self.loaded.input_size
+        keys = image_keys(batch)
         for images, channels in _chunks(pairs, self.method.chunk_size):
             maps = activations[images, :, :, channels][..., None]  # (m, h, w, 1)
             masks = tf.image.resize(maps, (height, width), method="bilinear").numpy()
             low = masks.min(axis=(1, 2, 3), keepdims=True)
             span = masks.max(axis=(1, 2, 3), keepdims=True) - low
             masks = np.where(span > 0, (masks - low) / np.where(span > 0, span, 1), 0.0)
-            logits = _batched(self._forward, (batch[images] * masks).astype(np.float32))
+            variants = self.method.masked_inputs(batch[images], masks,
+                                                 np.stack([keys[images], channels], axis=1))
+            logits = [_batched(self._forward, v.astype(np.float32)) for v in variants]
+            logits = logits[0] if len(logits) == 1 else np.mean(logits, axis=0)
             for j in range(k):
                 out[j, images, channels] = logits[np.arange(len(images)), targets[images, j]]
         return out

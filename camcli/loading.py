@@ -473,6 +473,75 @@ def _output_activation(keras_model, index: int) -> tuple[str, tuple[Patch, ...]]
     return "none", ()
 
 
+# --------------------------------------------------------------------------- the CAM head
+
+#: Layers a CAM head may have between the pooling, the classifier and the output (keras layer
+#: class names, subclasses too): they pass the pooled channels (or the class scores) through
+#: unchanged in inference.
+_PASSTHROUGH = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianDropout",
+                "AlphaDropout", "Flatten", "Reshape", "Identity", "Softmax")
+
+
+def _single_input(tensor):
+    """The layer that produced ``tensor`` and its one input tensor (None if not exactly one)."""
+    operation, node_index, _ = tensor._keras_history
+    inputs = operation._inbound_nodes[node_index].input_tensors
+    return operation, (inputs[0] if len(inputs) == 1 else None)
+
+
+def _passes_through(operation) -> bool:
+    import keras
+
+    if isinstance(operation, tuple(getattr(keras.layers, name) for name in _PASSTHROUGH)):
+        return True
+    activation = getattr(getattr(operation, "activation", None), "__name__", "")
+    return isinstance(operation, keras.layers.Activation) and activation in (
+        "linear", "softmax", "sigmoid")
+
+
+def _skip_passthrough(tensor, stop=None):
+    """Walk back from ``tensor`` over pass-through layers (:data:`_PASSTHROUGH`, linear
+    activations), or until ``stop`` produced it; returns the layer reached and its input."""
+    while True:
+        operation, source = _single_input(tensor)
+        if stop is not None and _producer(tensor) is stop:
+            return stop, source
+        if source is None or not _passes_through(operation):
+            return operation, source
+        tensor = source
+
+
+def head_weights(loaded: LoadedModel, layer) -> np.ndarray:
+    """``(channels, classes)``: the weights of the classifier that reads ``layer`` through a
+    global average pooling (``layer`` -> GAP -> [dropout/flatten/reshape] -> Dense or 1x1 Conv
+    -> [reshape/softmax] -> the explained output), in the order of the explained scores (a
+    binary sigmoid unit's two columns are ``-w, w``). A usage error naming what is missing when
+    the model has no such head (CAM needs one)."""
+    import keras
+
+    why = (f"--method cam needs the target layer {layer.name!r} followed by global average "
+           "pooling and a Dense (or 1x1 convolution) classifier")
+    try:
+        dense, pooled = _skip_passthrough(loaded.model.outputs[loaded.output_index])
+        pool, source = _skip_passthrough(pooled) if pooled is not None else (None, None)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        raise UsageError(f"{why}; the model has no graph to check that") from None
+    activation = getattr(getattr(dense, "activation", None), "__name__", "linear")
+    if isinstance(dense, keras.layers.Conv2D) and tuple(dense.kernel_size) == (1, 1):
+        kernel = np.asarray(dense.kernel)[0, 0]
+    elif isinstance(dense, keras.layers.Dense):
+        kernel = np.asarray(dense.kernel)
+    else:
+        raise UsageError(f"{why}; the output comes from {dense.name!r}") from None
+    if activation not in ("linear", "softmax", "sigmoid"):
+        raise UsageError(f"{why}; {dense.name!r} has a {activation} activation")
+    if not isinstance(pool, keras.layers.GlobalAveragePooling2D) or source is None or (
+            _skip_passthrough(source, stop=layer)[0] is not layer):
+        raise UsageError(f"{why}; {dense.name!r} does not read {layer.name!r} that way")
+    kernel = kernel.astype(np.float32)
+    return np.concatenate([-kernel, kernel], axis=1) if loaded.binary else kernel
+
+
 # --------------------------------------------------------------------------- layers
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ class Needs(str, enum.Enum):
     ACTIVATIONS = "activations"  # nothing more: gradient-free
     MASKED_INPUT_SCORES = "masked_input_scores"  # scores of the input masked by each channel
     ABLATION_SCORES = "ablation_scores"  # unablated score, then the score per zeroed channel
+    HEAD_WEIGHTS = "head_weights"  # the classifier's weights on the pooled layer (CAM), per class
+    NOISY_GRADIENTS = "noisy_gradients"  # the gradients of noisy copies of the input
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,11 @@ class Method:
     reference: str
     needs: Needs = Needs.GRADIENTS
     principal_component: bool = False  # the map is always the first principal component
+    seeded: bool = False  # the formula draws random numbers: it takes ``keys=``, one per row
 
     @property
     def needs_gradients(self) -> bool:
-        return self.needs is Needs.GRADIENTS
+        return self.needs in (Needs.GRADIENTS, Needs.NOISY_GRADIENTS)
 
     @property
     def scores_channels(self) -> bool:
@@ -72,16 +76,33 @@ class Method:
         return dataclasses.replace(self, **chosen) if chosen else self
 
     def recorded_options(self) -> dict:
-        """The method's own options that change the maps, as recorded in every record."""
+        """The method's own options that change the maps, as recorded in every record: by
+        default those its formula takes."""
+        return self.formula_options()
+
+    def formula_options(self) -> dict:
+        """The keyword arguments the formula takes from the method's own options."""
         return {}
 
-    def cam(self, activations, evidence=None, eigen_smooth: bool = False) -> np.ndarray:
+    def explained_scores(self, logits, targets, scores):
+        """The scores ``(n, k)`` whose gradients the method explains, from the logits
+        ``(n, classes)``, the targets ``(n, k)`` and their logits ``scores``: by default the
+        targets' own logits. Written with ``keras.ops`` where overridden (it runs in the
+        engine's graph)."""
+        return scores
+
+    def cam(self, activations, evidence=None, eigen_smooth: bool = False,
+            keys=None) -> np.ndarray:
         """Raw (unnormalised) maps ``(n, h, w)`` from the activations and what :attr:`needs`
-        asked for (None for gradient-free methods)."""
+        asked for (None for gradient-free methods); ``keys``: one integer per row, the seed
+        of a :attr:`seeded` method's random draws (:func:`image_keys`)."""
+        options = self.formula_options()
+        if self.seeded:
+            options["keys"] = keys
         if self.needs is Needs.ACTIVATIONS:
-            weighted = self.formula(activations)
+            weighted = self.formula(activations, **options)
         else:
-            weighted = self.formula(activations, evidence)
+            weighted = self.formula(activations, evidence, **options)
         return combine(weighted, eigen_smooth or self.principal_component)
 
 
@@ -111,6 +132,12 @@ class ChannelScoringMethod(Method):
         """``(n, m)`` sorted channel indices to score per image: every channel."""
         n, c = activations.shape[0], activations.shape[-1]
         return np.broadcast_to(np.arange(c), (n, c))
+
+    def masked_inputs(self, images: np.ndarray, masks: np.ndarray, keys: np.ndarray):
+        """The inputs whose target scores, averaged, score each (image, channel) pair: from
+        the pairs' images ``(m, H, W, C)``, normalised masks ``(m, H, W, 1)`` and ``keys``
+        ``(m, 2)`` (image key, channel), the seeds of any noise. Score-CAM: the masked image."""
+        yield images * masks
 
 
 @dataclass(frozen=True)
@@ -156,11 +183,15 @@ def gradcam_plus_plus(activations: np.ndarray, gradients: np.ndarray) -> np.ndar
     ``a_ij^k = g^2 / (2 g^2 + sum_ab A_ab^k g^3)`` and ``w_k = sum_ij a_ij^k ReLU(g_ij^k)``.
     """
     g2 = gradients**2
-    g3 = g2 * gradients
+    return _plus_plus_weighted(activations, gradients, g2, g2 * gradients)
+
+
+def _plus_plus_weighted(activations, g1, g2, g3) -> np.ndarray:
+    """Grad-CAM++'s weighting from the gradient's first three powers (or their averages)."""
     sums = activations.sum(axis=(1, 2), keepdims=True)
     denominator = 2.0 * g2 + sums * g3
     alpha = np.where(np.abs(denominator) > _EPS, g2 / np.where(denominator == 0, 1, denominator), 0)
-    weights = (alpha * np.maximum(gradients, 0.0)).sum(axis=(1, 2))
+    weights = (alpha * np.maximum(g1, 0.0)).sum(axis=(1, 2))
     return _channel_weighted(activations, weights)
 
 
@@ -250,6 +281,278 @@ def ablationcam(activations: np.ndarray, channel_scores: np.ndarray) -> np.ndarr
     denominator = np.where(np.abs(baseline) > _EPS, baseline, 1.0)
     return _channel_weighted(activations, drops / denominator)
 
+# --------------------------------------------------------------------------- more methods (A)
+
+
+def image_keys(images: np.ndarray) -> np.ndarray:
+    """One integer per image from its float32 bytes: the seed of a method's random draws, so an
+    image gets the same draws whatever batch it is in, and wherever in it."""
+    rows = np.ascontiguousarray(images, dtype=np.float32)
+    digests = (hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows)
+    return np.array([int.from_bytes(d, "little") >> 1 for d in digests], dtype=np.int64)
+
+
+def _rng(seed: int, *keys) -> np.random.Generator:
+    return np.random.default_rng([int(seed), *(int(k) for k in keys)])
+
+
+def class_activation_map(activations: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
+    """CAM (Zhou et al. 2016, arXiv:1512.04150, eq. 2): ``M_c = sum_k w_k^c A_k``, ``w^c`` the
+    classifier's weights of class c on the globally average-pooled channels (``(n, channels)``)."""
+    return _channel_weighted(activations, class_weights)
+
+
+def gradcam_elementwise(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """Grad-CAM element-wise (pytorch-grad-cam's GradCAMElementWise): ``ReLU(dy/dA ⊙ A)`` per
+    channel before the channel sum, so negative evidence never cancels positive evidence."""
+    return np.maximum(gradients * activations, 0.0)
+
+
+KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
+
+
+def _gram(x: np.ndarray, kernel: str, gamma: float, coef0: float) -> np.ndarray:
+    """The kernel matrix of the rows of ``x`` (scikit-learn's kernel definitions, degree 3)."""
+    dot = x @ x.T
+    if kernel == "linear":
+        return dot
+    if kernel == "sigmoid":
+        return np.tanh(gamma * dot + coef0)
+    if kernel == "poly":
+        return (gamma * dot + coef0) ** 3
+    if kernel == "cosine":
+        norms = np.sqrt(np.maximum(np.diag(dot), _EPS))
+        return dot / np.outer(norms, norms)
+    squared = np.diag(dot)
+    return np.exp(-gamma * np.maximum(squared[:, None] + squared[None, :] - 2 * dot, 0.0))
+
+
+def kernel_pca_component(activations: np.ndarray, kernel: str = "sigmoid",
+                         gamma: float | None = None, coef0: float = 1.0) -> np.ndarray:
+    """KPCA-CAM (Karmani et al. 2024, arXiv:2410.00267): Eigen-CAM with kernel PCA.
+
+    Per image, the positions' channel vectors (centred over positions) are the samples; the
+    kernel matrix is centred in feature space and the map is the first kernel principal
+    component (top eigenvector times the square root of its eigenvalue), as scikit-learn's
+    ``KernelPCA(n_components=1)`` used by pytorch-grad-cam's KPCA_CAM. ``gamma`` defaults to
+    1 / channels. The component's sign is arbitrary: it is set so the map correlates positively
+    with the channel sum (as :func:`first_component`). Returns ``(n, h, w, 1)``: the map as one
+    "weighted channel".
+    """
+    n, height, width, channels = activations.shape
+    gamma = 1.0 / channels if gamma is None else gamma
+    out = np.zeros((n, height * width))
+    for i, matrix in enumerate(activations.reshape(n, -1, channels).astype(np.float64)):
+        gram = _gram(matrix - matrix.mean(axis=0), kernel, gamma, coef0)
+        centred = gram - gram.mean(axis=0) - gram.mean(axis=1)[:, None] + gram.mean()
+        values, vectors = np.linalg.eigh(centred)
+        if values[-1] <= _EPS:
+            continue
+        component = vectors[:, -1] * np.sqrt(values[-1])
+        if np.dot(component, matrix.sum(axis=1)) < 0:
+            component = -component
+        out[i] = component
+    return out.reshape(n, height, width, 1)
+
+
+def fem(activations: np.ndarray, k: float = 2.0) -> np.ndarray:
+    """FEM (Fuad et al. 2020, IPTA; Bourjade et al.): a channel's weight is the share of its
+    positions above its own ``mean + k · std`` (the k-sigma rule; std over positions)."""
+    mean = activations.mean(axis=(1, 2), keepdims=True)
+    std = activations.std(axis=(1, 2), keepdims=True)
+    return _channel_weighted(activations, (activations > mean + k * std).mean(axis=(1, 2)))
+
+
+def random_channels(activations: np.ndarray, keys, seed: int = 0) -> np.ndarray:
+    """Random-CAM (pytorch-grad-cam's RandomCAM): channel weights uniform in [-1, 1), drawn
+    from ``seed`` and each row's ``keys`` (its image): a baseline that explains nothing."""
+    c = activations.shape[-1]
+    weights = np.stack([_rng(seed, key).uniform(-1.0, 1.0, c) for key in keys])
+    return _channel_weighted(activations, weights)
+
+
+def smooth_gradcam_plus_plus(activations: np.ndarray, noisy_gradients: np.ndarray) -> np.ndarray:
+    """Smooth Grad-CAM++ (Omeiza et al. 2019, arXiv:1908.01224), as torch-cam computes it.
+
+    ``noisy_gradients`` ``(n, samples, h, w, c)``: the gradients of noisy copies of the input.
+    Grad-CAM++'s α uses their averaged second and third powers with the clean activations;
+    the weights sum α · ReLU(averaged gradient).
+    """
+    g = noisy_gradients.astype(np.float64)
+    return _plus_plus_weighted(activations, g.mean(axis=1), (g**2).mean(axis=1),
+                               (g**3).mean(axis=1))
+
+
+def _check(name: str, condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{name}: {message}")
+
+
+def _check_sampling(method) -> None:
+    """The options of a method that draws ``samples`` noisy copies."""
+    _check(method.name, method.samples >= 1, f"samples must be at least 1, not {method.samples}")
+    _check(method.name, method.noise >= 0, f"noise must be at least 0, not {method.noise}")
+    _check(method.name, method.seed >= 0, f"seed must be at least 0, not {method.seed}")
+
+
+@dataclass(frozen=True)
+class KernelPCACAM(Method):
+    """KPCA-CAM with its kernel (:data:`KERNELS`), ``gamma`` (None: 1 / channels), ``coef0``."""
+
+    needs: Needs = Needs.ACTIVATIONS
+    kernel: str = "sigmoid"
+    gamma: float | None = None
+    coef0: float = 1.0
+
+    def __post_init__(self):
+        _check(self.name, self.kernel in KERNELS,
+               f"kernel must be one of {', '.join(KERNELS)}, not {self.kernel!r}")
+
+    def formula_options(self) -> dict:
+        return {"kernel": self.kernel, "gamma": self.gamma, "coef0": self.coef0}
+
+
+@dataclass(frozen=True)
+class FEM(Method):
+    """FEM with its ``k`` (default 2, as the paper and pytorch-grad-cam)."""
+
+    needs: Needs = Needs.ACTIVATIONS
+    k: float = 2.0
+
+    def formula_options(self) -> dict:
+        return {"k": self.k}
+
+
+@dataclass(frozen=True)
+class RandomCAM(Method):
+    """Random-CAM: reproducible (``seed``), and an image's draws do not depend on its batch."""
+
+    needs: Needs = Needs.ACTIVATIONS
+    seeded: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.name, self.seed >= 0, f"seed must be at least 0, not {self.seed}")
+
+    def formula_options(self) -> dict:
+        return {"seed": self.seed}
+
+
+@dataclass(frozen=True)
+class NoisyGradientMethod(Method):
+    """A method on the gradients of ``samples`` noisy copies of each image: Gaussian noise of
+    standard deviation ``noise`` × the image's value range (max - min; SmoothGrad's
+    convention, so it fits every preprocessing), drawn from ``seed`` and the image's bytes."""
+
+    needs: Needs = Needs.NOISY_GRADIENTS
+    samples: int = 4
+    noise: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_sampling(self)
+
+    def noisy_copies(self, images: np.ndarray, keys: np.ndarray):
+        """``samples`` noisy batches, one at a time, each shaped like ``images``."""
+        rngs = [_rng(self.seed, key) for key in keys]
+        spans = (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3))) * self.noise
+        for _ in range(self.samples):
+            noise = np.stack([rng.standard_normal(images.shape[1:]) for rng in rngs])
+            yield (images + noise * spans[:, None, None, None]).astype(np.float32)
+
+    def recorded_options(self) -> dict:
+        return {"samples": self.samples, "noise": self.noise, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class SmoothedScoreCAM(ScoreCAM):
+    """SS-CAM (Wang et al. 2020, arXiv:2006.14255; torch-cam's SSCAM): each channel's score
+    is the mean over ``samples`` draws of the input masked by its normalised map plus Gaussian
+    noise of std ``noise`` (35 and 2.0, as torch-cam), drawn from ``seed``, the image and the
+    channel."""
+
+    samples: int = 35
+    noise: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_sampling(self)
+
+    def masked_inputs(self, images, masks, keys):
+        rngs = [_rng(self.seed, *key) for key in keys]
+        for _ in range(self.samples):
+            noise = np.stack([rng.standard_normal(masks.shape[1:]) for rng in rngs])
+            yield images * (masks + self.noise * noise)
+
+    def recorded_options(self) -> dict:
+        return {**super().recorded_options(), "samples": self.samples, "noise": self.noise,
+                "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class IntegratedScoreCAM(ScoreCAM):
+    """IS-CAM (Naidu et al. 2020, arXiv:2010.03023; torch-cam's ISCAM): each channel's score is
+    the mean over ``samples`` (10) of the scores of the masked input scaled by the cumulative
+    coefficients ``sum_{j<=s} j / samples``, s = 1..samples, as torch-cam computes them."""
+
+    samples: int = 10
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.name, self.samples >= 1, f"samples must be at least 1, not {self.samples}")
+
+    def masked_inputs(self, images, masks, keys):
+        coefficient = 0.0
+        for step in range(1, self.samples + 1):
+            coefficient += step / self.samples
+            yield images * masks * coefficient
+
+    def recorded_options(self) -> dict:
+        return {**super().recorded_options(), "samples": self.samples}
+
+
+@dataclass(frozen=True)
+class FinerCAM(Method):
+    """Finer-CAM (Zhang et al. 2025, CVPR; pytorch-grad-cam's FinerCAM): a gradient ``base``
+    method explaining ``sum_j (y_t - alpha y_j)`` over the ``compared`` classes whose logits are
+    nearest the target's (|y_j - y_t| smallest, the target excluded): what sets the target
+    apart from the classes it is most easily confused with."""
+
+    base: str = "gradcam"
+    alpha: float = 1.0
+    compared: int = 3
+
+    def configure(self, **options) -> Method:
+        method = super().configure(**options)
+        _check(self.name, method.compared >= 1,
+               f"compared must be at least 1, not {method.compared}")
+        base = get_method(method.base)
+        _check(self.name, base.needs is Needs.GRADIENTS and not isinstance(base, FinerCAM),
+               f"the base method must be a gradient method, not {base.name!r}")
+        if (base.name, base.formula, base.principal_component) == (
+                method.base, method.formula, method.principal_component):
+            return method
+        return dataclasses.replace(method, base=base.name, formula=base.formula,
+                                   principal_component=base.principal_component)
+
+    def explained_scores(self, logits, targets, scores):
+        from keras import ops
+
+        classes = logits.shape[-1]
+        m = min(self.compared, classes - 1)
+        if m < 1:
+            return scores
+        rows = ops.expand_dims(logits, 1) + ops.zeros_like(ops.expand_dims(scores, -1))
+        distance = ops.abs(rows - ops.expand_dims(scores, -1))  # (n, k, classes)
+        distance = ops.where(ops.one_hot(targets, classes) > 0, float("inf"), distance)
+        _, nearest = ops.top_k(-distance, m)
+        compared = ops.take_along_axis(rows, nearest, axis=-1)
+        return m * scores - self.alpha * ops.sum(compared, axis=-1)
+
+    def recorded_options(self) -> dict:
+        return {"base": self.base, "alpha": self.alpha, "compared": self.compared}
+
 
 def combine(weighted: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
     """Raw maps ``(n, h, w)`` from weighted activations: ReLU of the channel sum, or with
@@ -271,6 +574,22 @@ METHODS: dict[str, Method] = {
         ScoreCAM("scorecam", scorecam, "Wang et al. 2020, arXiv:1910.01279"),
         ChannelScoringMethod("ablationcam", ablationcam, "Desai & Ramaswamy 2020, WACV",
                              Needs.ABLATION_SCORES),
+        # issue 24, part A
+        Method("cam", class_activation_map, "Zhou et al. 2016, arXiv:1512.04150",
+               Needs.HEAD_WEIGHTS),
+        Method("gradcam-elementwise", gradcam_elementwise,
+               "Gildenblat et al. 2021, pytorch-grad-cam GradCAMElementWise"),
+        Method("eigengradcam", hirescam, "Gildenblat et al. 2021, pytorch-grad-cam EigenGradCAM",
+               principal_component=True),
+        KernelPCACAM("kpcacam", kernel_pca_component, "Karmani et al. 2024, arXiv:2410.00267"),
+        FEM("fem", fem, "Fuad et al. 2020, IPTA; Bourjade et al."),
+        FinerCAM("finercam", gradcam, "Zhang et al. 2025, CVPR (Finer-CAM)"),
+        NoisyGradientMethod("smoothgradcam++", smooth_gradcam_plus_plus,
+                            "Omeiza et al. 2019, arXiv:1908.01224"),
+        SmoothedScoreCAM("sscam", scorecam, "Wang et al. 2020, arXiv:2006.14255"),
+        IntegratedScoreCAM("iscam", scorecam, "Naidu et al. 2020, arXiv:2010.03023"),
+        RandomCAM("randomcam", random_channels,
+                  "Gildenblat et al. 2021, pytorch-grad-cam RandomCAM"),
     )
 }
 
@@ -286,7 +605,7 @@ def get_method(name: str, **options) -> Method:
     from camcli.errors import UnknownNameError, UsageError
 
     key = _key(name)
-    key = {"gradcampp": "gradcam++"}.get(key, key)
+    key = {"gradcampp": "gradcam++", "smoothgradcampp": "smoothgradcam++"}.get(key, key)
     for method in METHODS.values():
         if _key(method.name) == key:
             try:
@@ -294,6 +613,47 @@ def get_method(name: str, **options) -> Method:
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
     raise UnknownNameError("method", name, sorted(METHODS))
+
+
+#: Options with flags of their own (``--scorecam-batch``, ``--scorecam-channels``).
+_FLAGGED = {"chunk_size", "channels"}
+
+
+def parse_method_options(name: str, options) -> dict:
+    """A method's own options from ``NAME=VALUE`` strings (``--method-option``) or a dict:
+    each name must be one of the method's options, each string value is converted to the type
+    of its default (``none`` for none); a usage error says what is wrong."""
+    from camcli.errors import UsageError
+
+    method = get_method(name)
+    own = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)}
+    own = {k: v for k, v in own.items() if k not in _BASE_FIELDS | _FLAGGED}
+    pairs = options.items() if isinstance(options, dict) else (
+        item.partition("=")[::2] for item in options or ())
+    parsed = {}
+    for key, value in pairs:
+        key = key.strip().replace("-", "_")
+        if key not in own:
+            known = ", ".join(own) or "none"
+            raise UsageError(f"--method-option {key}: not an option of {method.name} "
+                             f"(its options: {known})")
+        parsed[key] = _converted(method.name, key, value, own[key])
+    return parsed
+
+
+def _converted(method: str, key: str, value, default):
+    if not isinstance(value, str):
+        return value
+    from camcli.errors import UsageError
+
+    if value.strip().lower() == "none":
+        return None
+    kind = float if default is None else type(default)
+    try:
+        return kind(value)
+    except ValueError:
+        raise UsageError(
+            f"--method-option {key}={value}: {method} wants a {kind.__name__}") from None
 
 
 def method_names() -> str:

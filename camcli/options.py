@@ -119,6 +119,9 @@ MODEL: tuple[Spec, ...] = (
          help="Score-/Ablation-CAM: masked inputs or ablated channels per model call."),
     spec("scorecam_channels", int | None, None,
          help="Score-CAM: only the N highest-variance channels (faster)."),
+    spec("method_option", list[str] | None, None, "--method-option",
+         help="A method's own option NAME=VALUE (repeatable; see the README's methods), e.g. "
+         "k=3 (fem), kernel=rbf (kpcacam), base=layercam (finercam), samples=8, seed=1."),
     spec("preprocess", str | None, None,
          help="none, scale01, tf, caffe, torch or a registry model name "
          "(default: the registry model's own; none for model files)."),

@@ -68,9 +68,9 @@ CLASSES = (0, 1, 2)
 
 
 def test_the_eight_methods_of_the_issue_are_registered():
-    assert set(METHODS) == {"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam",
+    assert set(METHODS) >= {"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam",
                             "eigencam", "scorecam", "ablationcam"}
-    assert GRADIENT_METHODS == ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
+    assert GRADIENT_METHODS[:5] == ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
     assert METHODS["eigencam"].needs is Needs.ACTIVATIONS  # gradient-free
     assert METHODS["scorecam"].needs is Needs.MASKED_INPUT_SCORES
     assert METHODS["ablationcam"].needs is Needs.ABLATION_SCORES
@@ -472,10 +472,19 @@ def test_ablationcam_graph_cut_and_full_model_replacement_agree(make_loaded):
 # xgradcam 0.99, hirescam 0.99, layercam 1.00, eigencam 1.00, scorecam 1.00, ablationcam 1.00;
 # scorecam --scorecam-channels 16 1.00, gradcam --aug-smooth 0.99, gradcam --eigen-smooth 0.99.
 # Mismatched maps (another image's) point at the object < 40 % of the time for every method.
+# Issue 24 (A), same run: cam 0.99, gradcam-elementwise 1.00, eigengradcam 1.00, kpcacam 0.98,
+# fem 0.97, finercam 0.99, smoothgradcam++ 1.00; sscam (4 samples, noise 0.05) 0.98 and 1.00
+# on 16 channels; iscam (3 samples) 0.95 and 1.00 on 16 channels. With torch-cam's defaults,
+# SS-CAM (35 samples, noise 2.0 on [0, 1] masks) points 0.51 and IS-CAM (10 samples: inputs
+# scaled up to 5.5x) 0.57 on this CNN: those defaults swamp a small CNN's inputs, so the check
+# runs them lighter. randomcam is a baseline, checked in test_more_methods.py.
 POINTING_IMAGES = 100
 MIN_POINTING = 0.85
+LIGHT = {"sscam": {"samples": 4, "noise": 0.05, "channels": 16},
+         "iscam": {"samples": 3, "channels": 16}}
+BASELINES = ("randomcam",)
 GROUND_TRUTH = {
-    **{name: (name, {}) for name in ALL_METHODS},
+    **{name: (name, LIGHT.get(name, {})) for name in ALL_METHODS if name not in BASELINES},
     "scorecam --scorecam-channels 16": ("scorecam", {"channels": 16}),
     "gradcam --aug-smooth": ("gradcam", {"aug_smooth": True}),
     "gradcam --eigen-smooth": ("gradcam", {"eigen_smooth": True}),
@@ -534,7 +543,7 @@ def cnn(shapes_cnn, make_loaded):
     return loaded, shapes_cnn.held_out.images[-8:]  # the images the pointing test does not use
 
 
-BATCH_CASES = [(m, {}) for m in ALL_METHODS] + [
+BATCH_CASES = [(m, LIGHT.get(m, {})) for m in ALL_METHODS] + [
     ("gradcam", {"aug_smooth": True}),
     ("gradcam", {"eigen_smooth": True}),
     ("gradcam++", {"eigen_smooth": True}),

@@ -89,7 +89,7 @@ def test_every_registered_method_is_found_by_its_own_name():
         assert method.reference
 
 
-@pytest.mark.parametrize("name", ["scorcam", "gradcam2", "", "cam"])
+@pytest.mark.parametrize("name", ["scorcam", "gradcam2", "", "cams"])
 def test_unknown_method_is_a_usage_error_listing_known_methods(name):
     with pytest.raises(UnknownNameError) as info:
         get_method(name)
