@@ -7,6 +7,7 @@ TensorFlow is imported only inside the commands that need a model, so ``camcli -
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -180,8 +181,9 @@ class _Session:
             options = make_options()
             if model_options["weights"].strip().lower() == "none":
                 typer.echo(f"camcli: warning: {RANDOM_WEIGHTS}", err=True)
-            # Keras prints its download messages to stdout; stdout is for --json lines only.
-            with contextlib.redirect_stdout(sys.stderr):
+            # Keras prints its download messages ("Downloading data from …", a progress bar)
+            # to stdout, which is for --json lines only, and stderr is for camcli's lines.
+            with _keras_prints(self.debug):
                 explainer = Explainer(**model_options)
             if explainer.slow_precision:
                 typer.echo(f"camcli: warning: {explainer.slow_precision}", err=True)
@@ -259,6 +261,39 @@ class _Session:
         if self.debug and result.exception is not None:
             trace = traceback.format_exception(result.exception)
             progress.write(_redact("".join(trace).rstrip("\n")), file=sys.stderr)
+
+
+class _DebugLines(io.TextIOBase):
+    """A stream for what a library prints: ``camcli: debug:`` lines on stderr with ``show``,
+    nothing otherwise."""
+
+    def __init__(self, show: bool):
+        self.show, self.pending = show, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self.show:
+            *lines, self.pending = (self.pending + text).replace("\r", "\n").split("\n")
+            for line in filter(str.strip, lines):
+                typer.echo(_redact(f"camcli: debug: {line.rstrip()}"), err=True)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.show and self.pending.strip():
+            self.write("\n")
+
+
+@contextlib.contextmanager
+def _keras_prints(debug: bool):
+    """What Keras prints while a model is made: debug lines with ``--debug``, else nothing."""
+    lines = _DebugLines(debug)
+    try:
+        with contextlib.redirect_stdout(lines):
+            yield
+    finally:
+        lines.flush()
 
 
 RANDOM_WEIGHTS = "--weights none: random weights, the maps mean nothing"

@@ -209,8 +209,9 @@ def test_offline_imagenet_weights_give_one_clear_message(started):
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     assert run.stdout == ""  # stdout carries JSON lines only, never download chatter
-    errors = [line for line in _lines(run.stderr) if line.startswith("camcli: error:")]
-    assert len(errors) == 1, run.stderr
+    # nor does stderr: camcli's error line alone, no "Downloading data from …" before it
+    errors = _lines(run.stderr)
+    assert len(errors) == 1 and errors[0].startswith("camcli: error:"), run.stderr
     message = errors[0]
     assert MODEL in message
     assert str(keras_home / "models") in message
