@@ -179,8 +179,7 @@ class _Session:
 
         try:
             options = make_options()
-            if model_options["weights"].strip().lower() == "none":
-                typer.echo(f"camcli: warning: {RANDOM_WEIGHTS}", err=True)
+            _warn_model_options(model_options)
             # Keras prints its download messages ("Downloading data from …", a progress bar)
             # to stdout, which is for --json lines only, and stderr is for camcli's lines.
             with _keras_prints(self.debug):
@@ -205,8 +204,7 @@ class _Session:
         try:
             options = make_options()
             check_options(model_options)
-            if model_options["weights"].strip().lower() == "none":
-                typer.echo(f"camcli: warning: {RANDOM_WEIGHTS}", err=True)
+            _warn_model_options(model_options)
             ray = RayOptions(**{name.removeprefix("ray_"): v for name, v in ray_options.items()})
             results = run_on_ray(paths, model_options, options, ray, debug=self.debug,
                                  storage_options=options.storage_options, **run)
@@ -297,6 +295,16 @@ def _keras_prints(debug: bool):
 
 
 RANDOM_WEIGHTS = "--weights none: random weights, the maps mean nothing"
+UNSAFE_MODEL = ("--unsafe-model: Keras' safe mode is off, so code in the model file (Lambda "
+                "layers, files it names) runs with your permissions; use only files you trust")
+
+
+def _warn_model_options(model_options: dict) -> None:
+    """One warning line per risky or meaningless model option, before the model is made."""
+    if str(model_options.get("weights", "")).strip().lower() == "none":
+        typer.echo(f"camcli: warning: {RANDOM_WEIGHTS}", err=True)
+    if model_options.get("unsafe_model"):
+        typer.echo(f"camcli: warning: {UNSAFE_MODEL}", err=True)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -387,6 +395,7 @@ def layers(
     """List the layers with 4-D outputs (possible --layer targets); * marks the default."""
     debug = options["debug"]
     _quiet_tensorflow(debug)
+    _warn_model_options({"unsafe_model": options["unsafe_model"]})
     try:
         from camcli import loading
 
