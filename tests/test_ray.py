@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import CAMCLI, offline_env
+from cli_helpers import CAMCLI, json_lines, offline_env
 from PIL import Image
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
@@ -115,8 +115,9 @@ def test_same_outputs_exit_codes_and_lines_as_a_local_run(local, ray_cluster):
     camcli_lines = [line for line in done.stderr.splitlines() if line.startswith("camcli: ")]
     assert len(camcli_lines) == 1 and "32 done, 3 failed" in camcli_lines[0], done.stderr
     # --json: one line per input, as locally, the output folder aside
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
-    expected = [json.loads(line) for line in reference.stdout.splitlines()]
+    lines = json_lines(done.stdout)  # done and failed lines, checked against the JSON Schema
+    expected = json_lines(reference.stdout)
+    assert {(line["ok"], line["skipped"]) for line in lines} == {(True, False), (False, False)}
 
     def key(line):
         line = dict(line, files=[f.split("/", 1)[1] for f in line.get("files", [])])
@@ -257,10 +258,7 @@ def _rest(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
 
 def _json_inputs(lines: list[str]) -> list[str]:
     """The input of each ``--json`` line."""
-    found = []
-    for line in map(json.loads, lines):
-        found.append(line["input"] if not line["ok"] else line["input"]["path"])
-    return found
+    return [line["input"]["path"] for line in json_lines("\n".join(lines))]
 
 
 def _workers() -> list[int]:
@@ -289,7 +287,7 @@ def test_ctrl_c_on_the_driver_exits_130_and_skip_existing_resumes(local, ray_clu
     rest, stderr = _rest(process, timeout=300)
     assert process.returncode == 130, stderr
     assert "camcli: interrupted: " in stderr, stderr
-    shown = [json.loads(line) for line in [first, *rest.splitlines()]]
+    shown = json_lines(first + rest)  # an interrupted run's lines: whole, of the schema
     written = _outputs(root / "stopped")
     records = [k for k in written if k.endswith(".cam.json")]
     assert 0 < len(records) < 32, "the run should have stopped part-way"
@@ -306,6 +304,8 @@ def test_ctrl_c_on_the_driver_exits_130_and_skip_existing_resumes(local, ray_clu
     assert resumed.returncode == 1, resumed.stderr
     summary = resumed.stderr.strip().splitlines()[-1]
     assert f"{32 - len(records)} done, {len(records)} skipped, 3 failed" in summary, summary
+    skipped = [line for line in json_lines(resumed.stdout) if line["skipped"]]
+    assert len(skipped) == len(records)  # skipped lines from the workers, of the schema too
     _compare(local_outputs, root / "stopped")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, offline_env, run_all
+from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, json_lines, offline_env, run_all
 from PIL import Image
 
 from camcli import storage
@@ -299,9 +299,11 @@ def test_explain_a_prefix_into_another_bucket_then_resume(bucket, s3_server, tmp
     again = _camcli("s3://photos/set/", "-r", "-o", "s3://cams/run/", "--json",
                     "--skip-existing", cwd=tmp_path, **s3_server.env)
     assert again.returncode == 1, again.stderr
-    lines = [json.loads(line) for line in again.stdout.splitlines()]
-    skipped = sorted(line["input"] for line in lines if line.get("skipped"))
-    done = [line["input"]["path"] for line in lines if line["ok"] and not line.get("skipped")]
+    lines = json_lines(again.stdout)  # URL inputs: done lines name the object's version
+    skipped = sorted(line["input"]["path"] for line in lines if line["skipped"])
+    done = [line["input"]["path"] for line in lines if line["ok"] and not line["skipped"]]
+    assert [set(line["input"]["object"]) for line in lines if line["input"]["sha256"]] == \
+        [{"size", "etag", "modified"}]
     assert skipped == sorted(f"s3://photos/{k}" for k in images if k != "set/img1.jpg")
     assert done == ["s3://photos/set/img1.jpg"]
     after = _keys(client, "cams", "run/")
@@ -363,8 +365,7 @@ def test_two_shards_of_a_prefix_cover_it_once(bucket, s3_server, tmp_path):
     for k, run in enumerate(runs, start=1):
         assert run.returncode in (0, 1), run.stderr
         assert f"shard {k}/2: " in run.stderr.splitlines()[-1]
-        seen.append({line["input"] if not line["ok"] else line["input"]["path"]
-                     for line in map(json.loads, run.stdout.splitlines())})
+        seen.append({line["input"]["path"] for line in json_lines(run.stdout)})
     assert not seen[0] & seen[1]
     every = {f"s3://photos/{key}" for key in images}
     every |= {"s3://photos/set/broken.jpg", "s3://photos/set/secret/hidden.jpg"}
