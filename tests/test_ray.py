@@ -177,11 +177,12 @@ def test_two_nodes_share_the_work_and_a_node_lost_mid_run_loses_no_input(local, 
     assert node.id in nodes and len(nodes) == 2, (nodes, stderr[-3000:])
     assert killed_mid_run, "the second node was not killed while the run went on"
     assert process.returncode == 1, stderr[-3000:]  # the bad inputs (and any lost one)
-    lines = [json.loads(line) for line in (root / "two-nodes.jsonl").read_text().splitlines()]
-    inputs = _json_inputs([json.dumps(line) for line in lines])
+    lines = json_lines((root / "two-nodes.jsonl").read_text())  # of the schema
+    inputs = [line["input"]["path"] for line in lines]
     expected = _json_inputs(reference.stdout.splitlines())
     assert len(inputs) == len(set(inputs)) and sorted(inputs) == sorted(expected), stderr[-3000:]
-    lost = {line["input"] for line in lines if not line["ok"] and line["error"].startswith("lost")}
+    lost = {line["input"]["path"] for line in lines
+            if not line["ok"] and line["error"].startswith("lost")}
     failed = sum(not line["ok"] for line in lines)
     assert f"camcli: {len(lines) - failed} done, {failed} failed in " in stderr  # the count
     outputs = _outputs(root / "two-nodes")
