@@ -7,6 +7,7 @@ TensorFlow is imported only inside the commands that need a model, so ``camcli -
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -178,10 +179,10 @@ class _Session:
 
         try:
             options = make_options()
-            if model_options["weights"].strip().lower() == "none":
-                typer.echo(f"camcli: warning: {RANDOM_WEIGHTS}", err=True)
-            # Keras prints its download messages to stdout; stdout is for --json lines only.
-            with contextlib.redirect_stdout(sys.stderr):
+            _warn_model_options(model_options)
+            # Keras prints its download messages ("Downloading data from …", a progress bar)
+            # to stdout, which is for --json lines only, and stderr is for camcli's lines.
+            with _keras_prints(self.debug):
                 explainer = Explainer(**model_options)
             if explainer.slow_precision:
                 typer.echo(f"camcli: warning: {explainer.slow_precision}", err=True)
@@ -203,8 +204,7 @@ class _Session:
         try:
             options = make_options()
             check_options(model_options)
-            if model_options["weights"].strip().lower() == "none":
-                typer.echo(f"camcli: warning: {RANDOM_WEIGHTS}", err=True)
+            _warn_model_options(model_options)
             ray = RayOptions(**{name.removeprefix("ray_"): v for name, v in ray_options.items()})
             results = run_on_ray(paths, model_options, options, ray, debug=self.debug,
                                  storage_options=options.storage_options, **run)
@@ -261,7 +261,50 @@ class _Session:
             progress.write(_redact("".join(trace).rstrip("\n")), file=sys.stderr)
 
 
+class _DebugLines(io.TextIOBase):
+    """A stream for what a library prints: ``camcli: debug:`` lines on stderr with ``show``,
+    nothing otherwise."""
+
+    def __init__(self, show: bool):
+        self.show, self.pending = show, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self.show:
+            *lines, self.pending = (self.pending + text).replace("\r", "\n").split("\n")
+            for line in filter(str.strip, lines):
+                typer.echo(_redact(f"camcli: debug: {line.rstrip()}"), err=True)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.show and self.pending.strip():
+            self.write("\n")
+
+
+@contextlib.contextmanager
+def _keras_prints(debug: bool):
+    """What Keras prints while a model is made: debug lines with ``--debug``, else nothing."""
+    lines = _DebugLines(debug)
+    try:
+        with contextlib.redirect_stdout(lines):
+            yield
+    finally:
+        lines.flush()
+
+
 RANDOM_WEIGHTS = "--weights none: random weights, the maps mean nothing"
+UNSAFE_MODEL = ("--unsafe-model: Keras' safe mode is off, so code in the model file (Lambda "
+                "layers, files it names) runs with your permissions; use only files you trust")
+
+
+def _warn_model_options(model_options: dict) -> None:
+    """One warning line per risky or meaningless model option, before the model is made."""
+    if str(model_options.get("weights", "")).strip().lower() == "none":
+        typer.echo(f"camcli: warning: {RANDOM_WEIGHTS}", err=True)
+    if model_options.get("unsafe_model"):
+        typer.echo(f"camcli: warning: {UNSAFE_MODEL}", err=True)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -352,6 +395,7 @@ def layers(
     """List the layers with 4-D outputs (possible --layer targets); * marks the default."""
     debug = options["debug"]
     _quiet_tensorflow(debug)
+    _warn_model_options({"unsafe_model": options["unsafe_model"]})
     try:
         from camcli import loading
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -325,13 +326,35 @@ def _load_model_file(path: Path, unsafe: bool):
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe)
     except Exception as exc:
-        message = str(exc)
-        if "safe_mode" in message or "unsafe" in message.lower():
+        refused = _safe_mode_refusal(str(exc))
+        if refused:
             raise UsageError(
-                f"{path}: refused to load: the model contains Python code (a Lambda layer) that "
-                "would run on loading; pass --unsafe-model only if you trust this file"
+                f"{path}: refused to load: {refused}; pass --unsafe-model only if you trust "
+                "this file"
             ) from exc
         raise UsageError(f"{path}: cannot load model: {_first_line(exc)}") from exc
+
+
+#: What Keras' safe mode refuses, by a phrase of its message: camcli's words for it.
+_SAFE_MODE_REFUSALS = (
+    ("vocabulary file", "a lookup layer (StringLookup, IntegerLookup…) reads its vocabulary "
+                        "from a file outside the model archive{file}"),
+    ("Python lambda", "the model contains Python code (a Lambda layer) that would run on loading"),
+    ("TFSMLayer", "a TFSMLayer loads an external SavedModel, whose code would run on loading"),
+    ("torch.nn.Module", "a layer holds a pickled PyTorch module, whose code would run on loading"),
+)
+
+
+def _safe_mode_refusal(message: str) -> str | None:
+    """Why Keras' safe mode refused a model file, from its error ``message``; None when the
+    error is something else."""
+    if "safe_mode" not in message:
+        return None
+    for phrase, reason in _SAFE_MODE_REFUSALS:
+        if phrase in message:
+            named = re.search(r"Vocabulary file: '([^']*)'", message)
+            return reason.format(file=f" ({named.group(1)})" if named else "")
+    return f"Keras' safe mode refuses it ({_first_line(Exception(message))})"
 
 
 def with_precision(keras_model, precision: str, unsafe: bool = False):

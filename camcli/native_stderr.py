@@ -1,14 +1,21 @@
-"""What C libraries print on file descriptor 2, kept off camcli's stderr.
+"""What libraries print on stderr behind camcli's back, kept off camcli's stderr.
 
-libtiff, libpng and libjpeg (inside Pillow) write warnings straight to fd 2, from whichever
-thread is decoding, bypassing Python. A run's stderr must carry only camcli's lines (progress,
-one line per failed input, the summary), so :func:`capture` redirects fd 2 to a pipe once for
+Two routes: libtiff, libpng and libjpeg (inside Pillow) write warnings straight to fd 2, from
+whichever thread is decoding, bypassing Python; and Python libraries log through
+:mod:`logging`, whose last-resort handler prints any record of level WARNING or above on
+``sys.stderr`` when nobody configured logging (Pillow's TIFF reader logs ``More samples per
+pixel than can be decoded: N`` as an error before refusing such a file).
+
+A run's stderr must carry only camcli's lines (progress, one line per failed input, the
+summary), so :func:`capture` redirects fd 2 to a pipe once for
 the whole process and points ``sys.stderr`` at a duplicate of the real stderr: everything
 written through Python (tqdm, ``typer.echo(err=True)``, tracebacks) still reaches the terminal,
 and only native writes land in the pipe. A reader thread drains the pipe line by line; with
 ``show`` each line is printed as ``camcli: debug: <input>: <line>``, naming the inputs being
 decoded at that moment (:func:`decoding` marks them, and at the end of a decode waits until
-the reader has caught up), and otherwise it is dropped.
+the reader has caught up), and otherwise it is dropped. Log records that reach the root logger
+take the same way: a handler there (which also keeps the last-resort handler quiet) shows them
+as the same debug lines with ``show``, and drops them otherwise.
 
 fd 2 is process-wide and decoding runs on several threads, so a line is attributed to every
 input in flight when it arrived; with one decoder thread that is exactly the input that caused
@@ -20,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import logging
 import os
 import sys
 import threading
@@ -71,6 +79,8 @@ class _Capture:
             target=self._drain, args=(read_fd,), name="camcli-native-stderr", daemon=True
         )
         self.reader.start()
+        self.log_handler = _LogLines(self)
+        logging.getLogger().addHandler(self.log_handler)
 
     def _drain(self, read_fd: int) -> None:
         with open(read_fd, "rb", buffering=0) as pipe:
@@ -116,8 +126,29 @@ class _Capture:
             self.stream.flush()
             os.dup2(self.real_fd, 2)  # closes the pipe's last write end: the reader sees EOF
             self.reader.join(timeout=5)
+        logging.getLogger().removeHandler(self.log_handler)
         sys.stderr = self.saved_stderr
         _active = None
+
+
+class _LogLines(logging.Handler):
+    """Library log records: a debug line each (naming the inputs in flight) with ``show``."""
+
+    def __init__(self, capture: _Capture):
+        super().__init__()
+        self.capture = capture
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.capture.show:
+            return
+        with _lock:
+            inputs = sorted(_in_flight)
+        try:
+            text = f"{record.name}: {record.getMessage()}"
+        except Exception:  # a library's malformed format arguments
+            text = f"{record.name}: {record.msg!r}"
+        for line in text.splitlines():
+            self.capture._emit(line.encode("utf-8", "backslashreplace"), inputs)
 
 
 def capture(show: bool = False) -> None:

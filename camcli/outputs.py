@@ -27,7 +27,10 @@ from pathlib import Path
 
 from camcli import storage
 
-SCHEMA_VERSION = 1
+#: The version of the records and ``--json`` lines, written down as a JSON Schema (draft
+#: 2020-12) in ``camcli/data/record.schema.json``: bump both for any change to either.
+SCHEMA_VERSION = 2
+SCHEMA_FILE = "record.schema.json"
 OUTPUT_TAG = ".cam"
 # An output name is an input's full name (with its extension) + ".cam" [+ ".<index>_<label>"]
 # + a suffix; requiring the input's extension keeps user files like "door.cam.jpg" as inputs.
@@ -160,6 +163,13 @@ def replace_atomically(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError) and exc.errno:  # e.g. ENOSPC: name the output it was for
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def json_schema() -> dict:
+    """The JSON Schema of a ``--json`` line; ``$defs/record_file`` is a record file's."""
+    from importlib import resources
+
+    return json.loads(resources.files("camcli").joinpath("data", SCHEMA_FILE).read_text())
 
 
 def sha256(data: bytes) -> str:

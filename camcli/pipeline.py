@@ -12,7 +12,8 @@ knowing where the images came from or who scheduled the batch:
 
 The record is assembled in one pure function, :func:`build_record`, from parts that the audit
 uses too (:func:`provenance`, :func:`describe_input`, :func:`rank_predictions`);
-:func:`write_outputs` does the atomic I/O, the record last.
+:func:`write_outputs` does the atomic I/O, the record last. A ``--json`` line of any kind (done,
+skipped, failed) is assembled in :func:`build_line`, around the record.
 """
 
 from __future__ import annotations
@@ -60,12 +61,8 @@ class ImageResult:
     exception: BaseException | None = field(default=None, repr=False)  # why it failed (--debug)
 
     def to_json(self) -> dict:
-        """One line of ``--json`` output."""
-        if not self.ok:
-            return {"ok": False, "input": str(self.path), "error": self.error}
-        if self.skipped:
-            return {"ok": True, "skipped": True, "input": str(self.path)}
-        return {"ok": True, **(self.record or {}), "files": [str(f) for f in self.files]}
+        """One line of ``--json`` output (:func:`build_line`)."""
+        return build_line(self.path, self.record, self.files, self.error, self.skipped)
 
     @classmethod
     def failed(cls, path, reason: str, exception: BaseException | None = None) -> ImageResult:
@@ -156,11 +153,15 @@ def provenance(explainer) -> dict:
     }
 
 
-def describe_input(path: Path | str, size: tuple[int, int], data: bytes) -> dict:
-    """The ``input`` field: where the image came from, its upright size, its bytes' hash."""
-    width, height = size
-    described = {"path": str(path), "width": width, "height": height, "sha256": sha256(data)}
-    if storage.is_url(path):  # the version --skip-existing compares without downloading
+def describe_input(
+    path: Path | str, size: tuple[int, int] | None = None, data: bytes | None = None
+) -> dict:
+    """The ``input`` field: where the image came from, its upright size, its bytes' hash; the
+    same keys for an input that was not read (failed, skipped), with null size and hash."""
+    width, height = size or (None, None)
+    described = {"path": str(path), "width": width, "height": height,
+                 "sha256": None if data is None else sha256(data)}
+    if data is not None and storage.is_url(path):  # the version --skip-existing compares
         described["object"] = storage.version(path)
     return described
 
@@ -196,6 +197,26 @@ def build_record(
         "input": input,
         "predictions": predictions,
         "explanations": explanations,
+    }
+
+
+def build_line(
+    path, record: dict | None = None, files: Iterable = (), error: str | None = None,
+    skipped: bool = False,
+) -> dict:
+    """One ``--json`` line (schema :data:`~camcli.outputs.SCHEMA_VERSION`, written down in
+    ``camcli/data/record.schema.json``): the only place its keys are assembled. Every kind of
+    line — done (``record`` given), skipped, failed (``error`` given) — has ``schema_version``,
+    ``ok``, ``skipped``, ``error``, ``input`` (always an object) and ``files``, each of one
+    type; a done line also has every key of the record."""
+    return {
+        **(record or {}),
+        "schema_version": SCHEMA_VERSION,
+        "ok": error is None,
+        "skipped": skipped,
+        "error": error,
+        "input": record["input"] if record else describe_input(path),
+        "files": [str(f) for f in files],
     }
 
 

@@ -5,10 +5,13 @@ under Keras' mixed policies (``mixed_bfloat16``, ``mixed_float16``): weights sta
 layer computes in the reduced type. The explained score, the softmax and the maps' arithmetic
 stay float32 (the engine casts the logits and the captured activations and gradients).
 
-Reduced precision is fast only on hardware built for it: bfloat16 on a CPU with AVX-512 BF16 or
-AMX (or on a GPU), float16 on a GPU. Elsewhere it is emulated and slower than float32, so camcli
-warns once. No TensorFlow import here: :func:`slow_reason` is pure, so it is tested on given
-flag sets.
+Reduced precision is fast only where something computes in it: a GPU, or a CPU whose flags
+(``/proc/cpuinfo``) say so — AVX-512 BF16 or AMX-BF16 for bfloat16, AVX512-FP16 or AMX-FP16 for
+float16. Without them it is emulated and slower than float32. float16 is slower than float32 on
+a CPU even with AVX512-FP16: TensorFlow's CPU kernels do not use it well (measured by
+``benchmarks/bench_precision.py``: ResNet50's forward pass at 0.35x float32, while bfloat16 ran
+at 1.4-2.3x on the same CPU). Either way camcli warns once, saying which case it is. No
+TensorFlow import here: :func:`slow_reason` is pure, so it is tested on given flag sets.
 """
 
 from __future__ import annotations
@@ -20,9 +23,15 @@ from pathlib import Path
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 PRECISIONS = tuple(POLICIES)
 DEFAULT = "float32"
-#: CPU flags (``/proc/cpuinfo``) of native bfloat16 arithmetic.
-BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-
+#: Per reduced precision: the CPU flags (``/proc/cpuinfo``) of its native arithmetic (any one
+#: suffices), and how the warning names them.
+NATIVE_CPU_FLAGS = {
+    "bfloat16": (frozenset({"avx512_bf16", "amx_bf16"}), "AVX-512 BF16 or AMX-BF16"),
+    "float16": (frozenset({"avx512_fp16", "amx_fp16"}), "AVX512-FP16 or AMX-FP16"),
+}
+#: Precisions TensorFlow's CPU kernels run slower than float32 even where the CPU computes in
+#: them (see the module doc).
+SLOW_ON_ANY_CPU = frozenset({"float16"})
 
 class SlowPrecisionWarning(RuntimeWarning):
     """The precision asked for has no fast hardware support on this machine."""
@@ -39,13 +48,20 @@ def check(precision: str) -> str:
 
 def slow_reason(precision: str, cpu_flags: frozenset[str] | set[str], gpus: int) -> str | None:
     """Why ``precision`` will be slow on a machine with these CPU flags and GPUs, or None."""
-    if precision == "bfloat16" and not gpus and not BF16_CPU_FLAGS & set(cpu_flags):
-        return ("--precision bfloat16: this CPU has no AVX-512 BF16 or AMX and there is no GPU, "
-                "so bfloat16 is emulated and slower than float32")
-    if precision == "float16" and not gpus:
-        return "--precision float16: no GPU, so float16 is emulated and slower than float32"
-    return None
-
+    if precision not in NATIVE_CPU_FLAGS or gpus:
+        return None
+    wanted, names = NATIVE_CPU_FLAGS[precision]
+    native = sorted(wanted & set(cpu_flags))
+    if not native:
+        return (f"--precision {precision}: this CPU has no {names} and there is no GPU, "
+                f"so {precision} is emulated and slower than float32")
+    if precision not in SLOW_ON_ANY_CPU:
+        return None
+    fast = [other for other in NATIVE_CPU_FLAGS
+            if other not in SLOW_ON_ANY_CPU and slow_reason(other, cpu_flags, gpus) is None]
+    hint = f" (--precision {fast[0]} is fast on this CPU)" if fast else ""
+    return (f"--precision {precision}: there is no GPU, and TensorFlow runs {precision} slower "
+            f"than float32 on a CPU even with {native[0]}{hint}")
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The CPU's feature flags (Linux); empty where ``/proc/cpuinfo`` cannot be read."""

@@ -11,8 +11,10 @@ bytes: a reader never sees a partial object), and the object's version (size, ET
 time) that ``--skip-existing`` compares. Backends come as extras; credentials and endpoints are
 the backend's own (environment, config files), plus ``--storage-option KEY=VALUE``.
 
-Secrets never reach the screen: :func:`redact` masks storage option values, URL passwords and
-query strings, and the usual credential variables in any text camcli prints.
+Secrets never reach the screen: :func:`redact` masks storage option values, URL passwords, the
+values of query parameters named like secrets (signed URLs) and the usual credential variables
+in any text camcli prints, where they stand (a password ``1`` masks that password, not every
+``1`` of the text).
 
 fsspec is imported only when a URL is used. Knows nothing of images or models.
 """
@@ -56,27 +58,63 @@ _secrets: set[str] = set()
 
 
 _SECRET_NAME = re.compile(r"key|secret|token|pass|cred|sig|auth", re.IGNORECASE)
+#: Secrets also masked wherever they appear, not only at their place, are at least this long:
+#: a short one would hit ordinary text (a password ``1`` must not mask every 1 of a message).
+_MIN_SECRET_LENGTH = 8
+_option_names: set[str] = set()
+# The password of a URL's userinfo (``scheme://user:PASSWORD@host``).
+_USERINFO_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@?#]*:)[^@/\s?#]*@")
+# A URL's query string (after ``?``, up to a fragment or whitespace).
+_QUERY = re.compile(r"(://[^\s?#]*\?)([^\s#]*)")
 
 
 def _remember_secret(value, name: str = "") -> None:
-    """Mask ``value`` from now on: always when ``name`` sounds secret, else when it is long
-    enough not to mask ordinary words (``anon=true``, ``addressing_style=path``)."""
+    """Mask the value of option ``name`` from now on: where it follows its name (``name=…``,
+    ``'name': …``), and anywhere when it is long enough not to mask ordinary text. A dict
+    value's items are options too (``client_kwargs={"aws_secret_access_key": …}``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _remember_secret(item, str(key))
+    if name:
+        _option_names.add(name)
     text = value if isinstance(value, str) else json.dumps(value)
-    if text and (len(text) >= 8 or _SECRET_NAME.search(name)):
+    if len(text) >= _MIN_SECRET_LENGTH:
         _secrets.add(text)
 
 
+def _mask_query(match: re.Match) -> str:
+    """A URL's query with the values of the parameters named like secrets masked."""
+    parts = re.split(r"([&;])", match.group(2))
+    for i, part in enumerate(parts):
+        name, equals, value = part.partition("=")
+        if equals and value and _SECRET_NAME.search(name):
+            parts[i] = f"{name}=***"
+    return match.group(1) + "".join(parts)
+
+
+def _mask_option_values(text: str) -> str:
+    """``text`` with the value after each storage option's name (``name=…``, ``"name": …``)
+    masked."""
+    for name in sorted(_option_names, key=len, reverse=True):
+        quoted = re.escape(name)
+        text = re.sub(rf"""(\b{quoted}=|['"]{quoted}['"]\s*:\s*)(?:(['"]).*?\2|[^\s,&;}})]+)""",
+                      lambda m: f"{m.group(1)}{m.group(2) or ''}***{m.group(2) or ''}", text)
+    return text
+
+
 def redact(text: str) -> str:
-    """``text`` with every storage option value, URL password, URL query string and
-    credential variable replaced by ``***``."""
+    """``text`` with secrets replaced by ``***`` where they stand — URL passwords, the values
+    of query parameters named like secrets (``X-Amz-Signature``, ``token``, ``sig``…) and of
+    storage options — and, anywhere, credential variables, storage option values and URL
+    passwords of at least :data:`_MIN_SECRET_LENGTH` characters."""
     text = str(text)
     for name in _SECRET_ENV:
-        if len(os.environ.get(name, "")) >= 8:
+        if len(os.environ.get(name, "")) >= _MIN_SECRET_LENGTH:
             text = text.replace(os.environ[name], "***")
     for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
-    text = re.sub(r"(://[^/\s:@]*):[^@/\s]*@", r"\1:***@", text)
-    return re.sub(r"(https?://[^\s?#]*)\?[^\s#]*", r"\1?***", text)
+    text = _USERINFO_PASSWORD.sub(r"\1***@", text)
+    return _mask_option_values(_QUERY.sub(_mask_query, text))
 
 
 class Environment(dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -159,12 +160,72 @@ class Started:
             self.after = None
 
 
+@functools.cache
+def _validator(definition: str | None = None):
+    """A validator of camcli's JSON Schema (the one in the package), or of one of its
+    ``$defs`` (``record_file``)."""
+    from jsonschema import Draft202012Validator
+
+    from camcli.outputs import json_schema
+
+    schema = json_schema()
+    Draft202012Validator.check_schema(schema)
+    if definition is not None:
+        schema = {"$schema": schema["$schema"], "$defs": schema["$defs"],
+                  "$ref": f"#/$defs/{definition}"}
+    return Draft202012Validator(schema)
+
+
+def schema_errors(document, definition: str | None = None) -> list[str]:
+    """Why ``document`` is not a ``--json`` line (or a ``definition``, e.g. ``record_file``)
+    of camcli's JSON Schema: one text per error, the deepest reason of each; empty if valid."""
+    from jsonschema.exceptions import best_match
+
+    found = []
+    for error in _validator(definition).iter_errors(document):
+        deepest = best_match([error, *error.context]) if error.context else error
+        where = "/".join(map(str, deepest.absolute_path)) or "(top)"
+        found.append(f"{where}: {deepest.message}")
+    return found
+
+
+def json_lines(stdout: str) -> list[dict]:
+    """The ``--json`` lines of ``stdout``, each checked against camcli's JSON Schema."""
+    lines = []
+    for text in nonblank_lines(stdout):
+        line = json.loads(text)
+        errors = schema_errors(line)
+        assert not errors, f"a --json line outside the schema: {errors}\n{text}"
+        lines.append(line)
+    return lines
+
+
+#: The keys a ``--json`` line has besides its record's (every line has them).
+LINE_KEYS = ("ok", "skipped", "error", "files")
+
+
+def record_of(line: dict) -> dict:
+    """The record a done ``--json`` line carries: the line without :data:`LINE_KEYS`."""
+    return {k: v for k, v in line.items() if k not in LINE_KEYS}
+
+
+def failed_line(path: str, error: str) -> dict:
+    """The ``--json`` line of an input that failed for ``error``: its image was not read."""
+    from camcli.outputs import SCHEMA_VERSION
+
+    return {"schema_version": SCHEMA_VERSION, "ok": False, "skipped": False, "error": error,
+            "input": {"path": path, "width": None, "height": None, "sha256": None}, "files": []}
+
+
 def check_output_sets(folder: Path) -> dict[str, dict]:
-    """Every record names files that exist with the bytes it hashed; every output file has a
-    record; no temporary or lock file is left. Returns record name -> record."""
+    """Every record is one of camcli's JSON Schema and names files that exist with the bytes it
+    hashed; every output file has a record; no temporary or lock file is left. Returns record
+    name -> record."""
     found = list(folder.rglob("*.cam.json"))
     records = {p.name: json.loads(p.read_bytes()) for p in found}
     folders = {p.name: p.parent for p in found}
+    for name, record in records.items():
+        assert schema_errors(record, "record_file") == [], f"{name}: not a record of the schema"
     named = set()
     for name, record in records.items():
         for entry in record["explanations"]:
@@ -209,14 +270,14 @@ def check_stopped_when_full(run: subprocess.CompletedProcess, count: int, stop_a
     import re
 
     assert run.returncode == 1, run.stderr
-    results = [json.loads(line) for line in nonblank_lines(run.stdout)]
+    results = json_lines(run.stdout)
     streak, streaks = 0, []
     for result in results:
         streak = 0 if result["ok"] else streak + 1
         streaks.append(streak)
     assert streaks[-stop_after:] == list(range(1, stop_after + 1)), results
     assert max(streaks[:-1], default=0) < stop_after, "the run went on past a full streak"
-    failed = [f"{r['input']}: {r['error']}" for r in results if not r["ok"]]
+    failed = [f"{r['input']['path']}: {r['error']}" for r in results if not r["ok"]]
     assert all(re.fullmatch(FULL_DISK_FAILURE, line) for line in failed), failed
     lines = nonblank_lines(run.stderr)
     assert lines == [

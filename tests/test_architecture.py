@@ -178,6 +178,25 @@ def test_the_record_is_assembled_in_one_function():
                              if n.name == "build_record")]
 
 
+def test_every_json_line_is_assembled_in_one_function():
+    """Done, skipped and failed ``--json`` lines come from ``pipeline.build_line``: one shape."""
+    from camcli.pipeline import build_line
+
+    failed = build_line("a.png", error="no such file")
+    assert failed["input"] == {"path": "a.png", "width": None, "height": None, "sha256": None}
+    assert build_line("a.png", skipped=True)["input"] == failed["input"]
+
+    def assembles_a_line(function) -> bool:  # a dict literal with the line's own keys
+        return any(isinstance(n, ast.Dict) and {"ok", "skipped", "error", "files"} <= {
+            k.value for k in n.keys if isinstance(k, ast.Constant)} for n in ast.walk(function))
+
+    # the Ray row carries an ImageResult (not a line) from a worker to the driver, which
+    # makes the line with build_line as a local run does
+    builders = sorted(f"{path.relative_to(PACKAGE)}:{node.name}" for path, node in _functions()
+                      if assembles_a_line(node))
+    assert builders == ["distributed/ray.py:_row", "pipeline.py:build_line"]
+
+
 def test_output_options_and_cli_render_options_match():
     from camcli.pipeline import OutputOptions
 

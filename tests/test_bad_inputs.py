@@ -28,6 +28,8 @@ from cli_helpers import (
     SMALL_MODEL,
     WARNING,
     drop_file_privileges,
+    json_lines,
+    record_of,
     run_explain,
     start_explain,
     why_file_privileges_stay,
@@ -234,9 +236,8 @@ def test_an_unreadable_file_was_part_of_the_run(messy_run):
 
 def _json_lines(run) -> dict[str, dict]:
     by_input = {}
-    for line in _lines(run.stdout):
-        record = json.loads(line)
-        key = record["input"]["path"] if record["ok"] else record["input"]
+    for record in json_lines(run.stdout):
+        key = record["input"]["path"]
         assert key not in by_input, f"{key} reported twice"
         by_input[key] = record
     return by_input
@@ -253,7 +254,9 @@ def test_each_failure_is_one_stderr_line_and_an_ok_false_record(messy_run):
     failures = {path: r for path, r in records.items() if not r["ok"]}
     assert set(failures) == set(messy_run.bad)
     for path, check in messy_run.bad.items():
-        assert set(failures[path]) == {"ok", "input", "error"}
+        assert failures[path]["input"] == {"path": path, "width": None, "height": None,
+                                           "sha256": None}
+        assert failures[path]["files"] == [] and failures[path]["skipped"] is False
         reason = failures[path]["error"]
         if check is None:
             assert reason == "no such file"
@@ -298,7 +301,7 @@ def test_odd_formats_get_a_full_size_upright_overlay_and_a_record(messy_run):
             image.load()  # the whole file decodes
         assert (record["input"]["width"], record["input"]["height"]) == size
         on_disk = json.loads((messy_run.root / f"{arg}.cam.json").read_text())
-        assert on_disk == {k: v for k, v in record.items() if k not in ("ok", "files")}
+        assert on_disk == record_of(record)
         (explained,) = on_disk["explanations"]
         assert explained["overlay"] == overlay.name
         assert 0 <= explained["peak"]["x"] < size[0] and 0 <= explained["peak"]["y"] < size[1]
@@ -397,10 +400,10 @@ def tree_run(tree_started):
 def test_a_file_reached_many_ways_is_processed_once(tree_run):
     run = tree_run.run
     assert run.returncode == 1, run.stderr
-    records = [json.loads(line) for line in _lines(run.stdout)]
+    records = json_lines(run.stdout)
     by_real = {}
     for record in records:
-        path = record["input"]["path"] if record["ok"] else record["input"]
+        path = record["input"]["path"]
         real = os.path.realpath(tree_run.root / path)
         assert real not in by_real, f"{path} processed twice (also as {by_real.get(real)})"
         by_real[real] = record

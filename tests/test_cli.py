@@ -16,9 +16,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from cli_helpers import CAMCLI
+from cli_helpers import CAMCLI, failed_line, json_lines, record_of, schema_errors
 from cli_helpers import offline_env as _env
 from PIL import Image
+
+from camcli.outputs import SCHEMA_VERSION
 
 MODEL = "mobilenet_v1_0.25_128"  # the smallest registry model: 128x128 input, 4x4 target map
 
@@ -209,8 +211,9 @@ def test_offline_imagenet_weights_give_one_clear_message(started):
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     assert run.stdout == ""  # stdout carries JSON lines only, never download chatter
-    errors = [line for line in _lines(run.stderr) if line.startswith("camcli: error:")]
-    assert len(errors) == 1, run.stderr
+    # nor does stderr: camcli's error line alone, no "Downloading data from …" before it
+    errors = _lines(run.stderr)
+    assert len(errors) == 1 and errors[0].startswith("camcli: error:"), run.stderr
     message = errors[0]
     assert MODEL in message
     assert str(keras_home / "models") in message
@@ -277,7 +280,8 @@ def test_records_hold_predictions_explanations_and_the_input_hash(folder_run):
     for name, data in folder_run.records.items():
         record = json.loads(data)
         assert data.decode() == json.dumps(record, sort_keys=True, indent=2) + "\n"
-        assert record["schema_version"] == 1
+        assert record["schema_version"] == SCHEMA_VERSION == 2
+        assert schema_errors(record, "record_file") == []
         width, height = folder_run.sizes[name]
         source = (folder_run.imgs / name).read_bytes()
         assert record["input"] == {
@@ -307,27 +311,24 @@ def test_records_hold_predictions_explanations_and_the_input_hash(folder_run):
 
 
 def test_json_lines_on_stdout_one_per_input(folder_run):
-    lines = [json.loads(line) for line in _lines(folder_run.run.stdout)]
+    lines = json_lines(folder_run.run.stdout)  # each checked against the JSON Schema
     by_input = {}
     for line in lines:
-        key = line["input"]["path"] if line["ok"] else line["input"]
+        key = line["input"]["path"]  # an object on every line, failed or done
         by_input[key] = line
     assert len(lines) == len(by_input) == 6
     assert set(by_input) == {f"imgs/{n}" for n in folder_run.sizes} | {
         "imgs/bad.jpg",
         "missing.png",
     }
-    assert by_input["imgs/bad.jpg"] == {
-        "ok": False,
-        "input": "imgs/bad.jpg",
-        "error": "not an image file Pillow can read",
-    }
-    assert by_input["missing.png"] == {"ok": False, "input": "missing.png", "error": "no such file"}
+    for path, error in (("imgs/bad.jpg", "not an image file Pillow can read"),
+                        ("missing.png", "no such file")):
+        assert by_input[path] == failed_line(path, error)
     for name in folder_run.sizes:
         line = by_input[f"imgs/{name}"]
         assert line["files"] == [f"imgs/{name}.cam.png", f"imgs/{name}.cam.json"]
         record = json.loads(folder_run.records[name])
-        assert {k: v for k, v in line.items() if k not in ("ok", "files")} == record
+        assert record_of(line) == record and line["error"] is None and not line["skipped"]
 
 
 def test_failures_are_one_line_each_on_stderr_and_the_rest_is_done(folder_run):
@@ -365,7 +366,7 @@ def test_rerun_with_two_classes_and_heatmaps_ignores_earlier_outputs(folder_run,
     assert _lines(run.stderr) == [
         "camcli: warning: --weights none: random weights, the maps mean nothing"
     ]
-    lines = [json.loads(line) for line in _lines(run.stdout)]
+    lines = json_lines(run.stdout)
     assert sorted(line["input"]["path"] for line in lines) == sorted(
         f"imgs/{name}" for name in folder_run.sizes
     )
@@ -400,12 +401,12 @@ def test_top_k_cams_out_dir_and_stdin(started):
     run = started["stdin"].result()
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in source.iterdir()) == ["x.png", "y.jpg"]  # nothing beside
-    lines = {json.loads(line)["input"]["path"]: json.loads(line) for line in _lines(run.stdout)}
+    lines = {line["input"]["path"]: line for line in json_lines(run.stdout)}
     assert set(lines) == {"in/x.png", "in/y.jpg"}
     mirror = tmp_path / "out" / "in"
     for name, size in sizes.items():
         record = json.loads((mirror / f"{name}.cam.json").read_text())
-        assert record == {k: v for k, v in lines[f"in/{name}"].items() if k not in ("ok", "files")}
+        assert record == record_of(lines[f"in/{name}"])
         explained = record["explanations"]
         assert [e["index"] for e in explained] == [p["index"] for p in record["predictions"][:2]]
         overlays = []

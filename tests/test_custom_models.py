@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import keras
@@ -892,6 +893,41 @@ def test_lambda_model_refused_in_safe_mode(error_runs, lambda_model):
     assert loading.load(str(lambda_model["paths"]["h5"]), unsafe=True).layer_path == "conv"
 
 
+def _with_vocabulary_file(folder: Path, vocabulary: Path) -> Path:
+    """A small .keras model saved here whose StringLookup's config names ``vocabulary`` (a
+    file outside the archive, as a crafted file would: Keras itself stores the words)."""
+    strings = keras.Input((1,), dtype="string")
+    words = keras.layers.StringLookup(vocabulary=["cat", "dog"], name="lookup")(strings)
+    keras.Model(strings, words).save(folder / "saved.keras")
+    with zipfile.ZipFile(folder / "saved.keras") as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    (lookup,) = [layer for layer in config["config"]["layers"] if layer["name"] == "lookup"]
+    assert lookup["config"]["vocabulary"] == ["cat", "dog"]
+    lookup["config"]["vocabulary"] = str(vocabulary)
+    members["config.json"] = json.dumps(config).encode()
+    path = folder / "vocabulary.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_a_vocabulary_file_is_refused_for_what_it_is_not_as_a_lambda(tmp_path):
+    secret = tmp_path / "private.txt"
+    secret.write_text("cat\ndog\n")
+    path = _with_vocabulary_file(tmp_path, secret)
+    with pytest.raises(UsageError) as refused:
+        loading.load(str(path))
+    message = str(refused.value)
+    assert message == (
+        f"{path}: refused to load: a lookup layer (StringLookup, IntegerLookup…) reads its "
+        f"vocabulary from a file outside the model archive ({secret}); pass --unsafe-model "
+        "only if you trust this file"
+    )
+    assert "lambda" not in message.lower()
+
+
 def test_output_by_name_and_index_and_unsafe_model_accepted(multi_output, lambda_model):
     model = multi_output["model"]
     by_name, by_index, unsafe = _camcli_all(
@@ -907,6 +943,14 @@ def test_output_by_name_and_index_and_unsafe_model_accepted(multi_output, lambda
     lambda_model["saved"].assert_untouched()
     (unsafe_record,) = _records(unsafe)
     assert unsafe_record["model"]["layer"] == "conv"
+    # the Lambda's code ran: one warning line says so, before the summary; none without
+    (warning, summary) = [line for line in unsafe.stderr.splitlines() if line.strip()]
+    assert warning == (
+        "camcli: warning: --unsafe-model: Keras' safe mode is off, so code in the model file "
+        "(Lambda layers, files it names) runs with your permissions; use only files you trust"
+    ), unsafe.stderr
+    assert summary.startswith("camcli: 1 done, 0 failed in "), unsafe.stderr
+    assert "warning" not in by_name.stderr + by_index.stderr
 
     features = keras.Model(model.inputs, model.get_layer("cls_features").output)
     x = multi_output["pixels"].astype(np.float32)

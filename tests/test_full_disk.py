@@ -11,7 +11,6 @@ Random weights (``--weights none``) and a dead proxy: nothing is ever downloaded
 
 from __future__ import annotations
 
-import json
 import resource
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from cli_helpers import (
     Started,
     check_output_sets,
     check_stopped_when_full,
+    json_lines,
     mounted_tmpfs,
     run_explain,
 )
@@ -161,8 +161,8 @@ def test_a_full_disk_stops_the_run_and_skip_existing_finishes_it(small_disk, fir
         ["in", "-o", "out", "--skip-existing", "--json", *SMALL_MODEL], tmp_path
     )
     assert rerun.returncode == 0, rerun.stderr
-    results = [json.loads(line) for line in _lines(rerun.stdout)]
-    skipped = sorted(Path(r["input"]).name for r in results if r.get("skipped"))
+    results = json_lines(rerun.stdout)
+    skipped = sorted(Path(r["input"]["path"]).name for r in results if r["skipped"])
     assert skipped == sorted(name.removesuffix(".cam.json") for name in first)
     assert len(results) == count
     assert len(check_output_sets(small_disk)) == count

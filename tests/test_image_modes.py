@@ -14,12 +14,11 @@ Random weights (``--weights none``) and a dead proxy: nothing is ever downloaded
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import SMALL_MODEL, run_explain
+from cli_helpers import SMALL_MODEL, json_lines, run_explain
 from PIL import Image
 
 from camcli import images
@@ -182,8 +181,8 @@ def explained(tmp_path_factory) -> dict[str, dict]:
         (folder / name).write_bytes(data)
     run = run_explain(["in", "--alpha", "0", "--json", *SMALL_MODEL], work)
     results = {}
-    for record in map(json.loads, run.stdout.splitlines()):
-        results[Path(record["input"]["path"] if record["ok"] else record["input"]).name] = record
+    for record in json_lines(run.stdout):
+        results[Path(record["input"]["path"]).name] = record
     return {"folder": folder, "results": results, "run": run}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import CAMCLI, SMALL_MODEL
+from cli_helpers import CAMCLI, SMALL_MODEL, json_lines, record_of
 from cli_helpers import nonblank_lines as _lines
 from cli_helpers import offline_env as _env
 from PIL import Image
@@ -127,10 +127,12 @@ def test_sigkill_mid_run_then_skip_existing_makes_exactly_the_missing_outputs(tm
     )
 
     assert rerun.returncode == 0, rerun.stderr
-    lines = [json.loads(line) for line in _lines(rerun.stdout)]
+    lines = json_lines(rerun.stdout)  # skipped and done lines, checked against the schema
     assert all(line["ok"] for line in lines), lines
-    skipped = sorted(Path(line["input"]).name for line in lines if line.get("skipped"))
-    done = sorted(Path(line["input"]["path"]).name for line in lines if not line.get("skipped"))
+    skipped = sorted(Path(line["input"]["path"]).name for line in lines if line["skipped"])
+    done = sorted(Path(line["input"]["path"]).name for line in lines if not line["skipped"])
+    for line in lines:
+        assert (line["input"]["sha256"] is None) == line["skipped"]  # a skipped input: unread
     assert len(lines) == COUNT  # every input once: no temporary or output taken as an input
     assert skipped == sorted(trusted)
     assert done == sorted(set(inputs) - set(trusted))
@@ -203,7 +205,7 @@ def test_a_signal_stops_after_the_batch_in_flight_with_a_summary(signalled, sign
 
     assert returncode == 130, stderr_text
     assert "Traceback" not in stderr_text
-    lines = [json.loads(line) for line in _lines(out.read_text())]
+    lines = json_lines(out.read_text())  # an interrupted run's lines: whole, of the schema
     assert all(line["ok"] for line in lines)
     finished = sorted(Path(line["input"]["path"]).name for line in lines)
     summary = _lines(stderr_text)[-1]
@@ -218,4 +220,4 @@ def test_a_signal_stops_after_the_batch_in_flight_with_a_summary(signalled, sign
     for line in lines:
         name = Path(line["input"]["path"]).name
         on_disk = json.loads((imgs / f"{name}.cam.json").read_bytes())
-        assert on_disk == {k: v for k, v in line.items() if k not in ("ok", "files")}
+        assert on_disk == record_of(line)

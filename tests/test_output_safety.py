@@ -29,6 +29,8 @@ from cli_helpers import (
     WARNING,
     Started,
     drop_file_privileges,
+    failed_line,
+    json_lines,
     why_file_privileges_stay,
 )
 from cli_helpers import nonblank_lines as _lines
@@ -40,8 +42,8 @@ GB = 1024**3
 
 
 def _by_input(stdout: str) -> dict[str, dict]:
-    records = [json.loads(line) for line in _lines(stdout)]
-    by_input = {r["input"]["path"] if r["ok"] else r["input"]: r for r in records}
+    records = json_lines(stdout)
+    by_input = {r["input"]["path"]: r for r in records}
     assert len(by_input) == len(records), "an input was reported twice"
     return by_input
 
@@ -125,11 +127,9 @@ def test_no_output_replaces_an_input_with_out_dir_dot(started):
 
     results = _by_input(run.stdout)
     assert set(results) == {"a.png", "b.jpg", "c.png", "scan", "scan.cam.jpg"}
-    assert results["c.png"] == {
-        "ok": False,
-        "input": "c.png",
-        "error": "cannot write outputs: refusing to overwrite the input file c.png",
-    }
+    assert results["c.png"] == failed_line(
+        "c.png", "cannot write outputs: refusing to overwrite the input file c.png"
+    )
     assert not results["scan"]["ok"]
     assert results["scan"]["error"].startswith(
         "cannot write outputs: refusing to overwrite scan.cam.jpg"
@@ -194,7 +194,7 @@ def test_a_read_only_output_folder_fails_only_its_inputs(started):
     assert "Traceback" not in run.stderr
     results = _by_input(run.stdout)
     reason = "cannot write outputs locked/p.png.cam.png: Permission denied"
-    assert results["locked/p.png"] == {"ok": False, "input": "locked/p.png", "error": reason}
+    assert results["locked/p.png"] == failed_line("locked/p.png", reason)
     assert results["open/q.png"]["ok"]
     assert _image_size(tmp_path / "open" / "q.png.cam.png") == (32, 24)
     lines = _lines(run.stderr)

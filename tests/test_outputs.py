@@ -217,3 +217,64 @@ def test_output_options_are_checked_before_any_work():
         with pytest.raises(UsageError, match="--alpha"):
             OutputOptions(alpha=alpha)
     assert OutputOptions(alpha=0.0, colormap="gray", overlay_format="webp").alpha == 0.0
+
+
+# --------------------------------------------------------------------------- the JSON Schema
+
+
+def _done_record() -> dict:
+    """A record as build_record makes it (the parts of a real one)."""
+    from camcli.pipeline import build_record, describe_input
+
+    run = {"camcli_version": "0.1.0", "versions": {"tensorflow": "2.21.0", "keras": "3.15.1"},
+           "model": {"name": "m", "weights": "none", "layer": "conv", "input_size": [128, 128],
+                     "preprocess": "mobilenet", "output_index": 0,
+                     "output_activation": "softmax", "precision": "float32"},
+           "method": "gradcam", "method_options": {"eigen_smooth": False, "aug_smooth": False},
+           "score": "logit", "probability": "softmax"}
+    entry = {"index": 1, "wnid": "n01443537", "label": "goldfish", "logit": 2.5,
+             "probability": 0.4, "empty": False, "overlay": "a.png.cam.png",
+             "overlay_sha256": "0" * 64, "heatmap": None, "heatmap_sha256": None,
+             "peak": {"x": 3.0, "y": 4.0}, "centroid": None, "top20_energy_share": 0.3}
+    prediction = {"rank": 1, "index": 1, "wnid": "n01443537", "label": "goldfish",
+                  "probability": 0.4}
+    return build_record(run, "0123456789abcdef", describe_input("a.png", (40, 30), b"x"),
+                        [prediction], [entry])
+
+
+def test_every_kind_of_line_is_one_of_the_schema_and_old_shapes_are_not():
+    from cli_helpers import schema_errors
+    from jsonschema import Draft202012Validator
+
+    from camcli.outputs import SCHEMA_VERSION, json_schema
+    from camcli.pipeline import build_line
+
+    schema = json_schema()
+    Draft202012Validator.check_schema(schema)
+    assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION
+    assert schema["$defs"]["record"]["properties"]["schema_version"]["const"] == SCHEMA_VERSION
+    record = _done_record()
+    assert schema_errors(record, "record_file") == []
+    lines = {
+        "done": build_line("a.png", record, ["a.png.cam.png", "a.png.cam.json"]),
+        "skipped": build_line("a.png", skipped=True),
+        "failed": build_line("a.png", error="no such file"),
+    }
+    for kind, line in lines.items():
+        assert schema_errors(line) == [], kind
+        assert set(line) >= {"schema_version", "ok", "skipped", "error", "input", "files"}
+        assert isinstance(line["input"], dict) and line["input"]["path"] == "a.png", kind
+    # what the schema refuses: version 1's lines, a record key on a failed line, a stray key,
+    # a done line without a record's key, a record file with a line's key
+    refused = [
+        {"ok": False, "input": "a.png", "error": "no such file"},
+        {"ok": True, "skipped": True, "input": "a.png"},
+        {**lines["failed"], "predictions": []},
+        {**lines["done"], "extra": 1},
+        {k: v for k, v in lines["done"].items() if k != "explanations"},
+        {**lines["done"], "error": "x"},
+        {**lines["skipped"], "files": ["a.png.cam.json"]},
+    ]
+    for line in refused:
+        assert schema_errors(line), line
+    assert schema_errors({**record, "ok": True}, "record_file")

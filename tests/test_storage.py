@@ -12,6 +12,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, offline_env, run_all
+from cli_helpers import CAMCLI, SMALL_MODEL, WARNING, json_lines, offline_env, run_all
 from PIL import Image
 
 from camcli import storage
@@ -78,12 +79,55 @@ def test_secrets_are_redacted_from_urls_options_and_their_repr():
     assert options.as_dict() == {"secret": "s3cr3t-VALUE", "anon": True, "n": 3}
     assert "s3cr3t" not in repr(options)
     url = storage.location("https://bob:hunter22@example.org/a.jpg?X-Amz-Signature=abc123")
-    assert str(url) == "https://bob:***@example.org/a.jpg?***"
+    assert str(url) == "https://bob:***@example.org/a.jpg?X-Amz-Signature=***"
     assert url.name == "a.jpg"
     text = storage.redact(f"failed at {url.text} with key s3cr3t-VALUE")
     assert "hunter22" not in text and "abc123" not in text and "s3cr3t" not in text
     with pytest.raises(UsageError, match="KEY=VALUE"):
         storage.StorageOptions.parse(["novalue"])
+
+
+SIGNED = ("https://b.s3.amazonaws.com/k/a.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+          "&X-Amz-Credential=AKIDEXAMPLE%2F20240101%2Fus-east-1%2Fs3%2Faws4_request"
+          "&X-Amz-Date=20240101T000000Z&X-Amz-Expires=3600&X-Amz-Signature=9f1c0d")
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    # a password "1": that password, not every 1 of the line (was http://u:***@***27.0.0.***…)
+    ("http://u:1@127.0.0.1:8080/x.jpg", "http://u:***@127.0.0.1:8080/x.jpg"),
+    ("cannot read http://u:1@127.0.0.1:8080/x1.jpg: HTTP 401 after 1 try",
+     "cannot read http://u:***@127.0.0.1:8080/x1.jpg: HTTP 401 after 1 try"),
+    ("https://a:b@h.org/p/ and ftp://c:d@h.org/f.png",
+     "https://a:***@h.org/p/ and ftp://c:***@h.org/f.png"),
+    ("http://user@h.org/x.jpg", "http://user@h.org/x.jpg"),  # no password: nothing to hide
+    ("s3://bucket/2024/01/cat.jpg", "s3://bucket/2024/01/cat.jpg"),
+    # signed URLs: the signature and credential go, what says which object and when stays
+    (SIGNED, "https://b.s3.amazonaws.com/k/a.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+             "&X-Amz-Credential=***&X-Amz-Date=20240101T000000Z&X-Amz-Expires=3600"
+             "&X-Amz-Signature=***"),
+    ("https://h.org/a.jpg?GoogleAccessId=x%40p.iam&Expires=17&Signature=abc%2B",
+     "https://h.org/a.jpg?GoogleAccessId=x%40p.iam&Expires=17&Signature=***"),
+    ("https://acct.blob.core.windows.net/c/a.jpg?sv=2022-11-02&sp=r&sig=a%3D 1",
+     "https://acct.blob.core.windows.net/c/a.jpg?sv=2022-11-02&sp=r&sig=*** 1"),
+    ("https://h.org/a.jpg?token=1&page=1#top", "https://h.org/a.jpg?token=***&page=1#top"),
+    ("https://h.org/a.jpg?access_token=t;api_key=k&w=1",
+     "https://h.org/a.jpg?access_token=***;api_key=***&w=1"),
+    ("https://h.org/img.jpg?size=large&v=2", "https://h.org/img.jpg?size=large&v=2"),
+])
+def test_redaction_masks_a_secret_where_it_stands_not_its_value_everywhere(text, shown):
+    for part in re.findall(r"\S+://\S+", text):
+        storage.location(part)  # as a run meets its inputs: remembers their passwords
+    assert storage.redact(text) == shown
+
+
+def test_storage_option_values_are_masked_after_their_name_and_long_ones_anywhere():
+    storage.StorageOptions.parse(["pw=1", 'client_kwargs={"aws_session_token": "7 8"}',
+                                  "endpoint_url=http://127.0.0.1:9000"])
+    assert storage.redact("pw=1, retries=1") == "pw=***, retries=1"
+    assert storage.redact("{'pw': '1', 'aws_session_token': '7 8', 'tries': 1}") == \
+        "{'pw': '***', 'aws_session_token': '***', 'tries': 1}"
+    assert storage.redact("connecting to http://127.0.0.1:9000 failed 1 time") == \
+        "connecting to *** failed 1 time"
 
 
 def test_a_prefix_is_a_folder_and_globs_stream_matches(memory):
@@ -255,9 +299,11 @@ def test_explain_a_prefix_into_another_bucket_then_resume(bucket, s3_server, tmp
     again = _camcli("s3://photos/set/", "-r", "-o", "s3://cams/run/", "--json",
                     "--skip-existing", cwd=tmp_path, **s3_server.env)
     assert again.returncode == 1, again.stderr
-    lines = [json.loads(line) for line in again.stdout.splitlines()]
-    skipped = sorted(line["input"] for line in lines if line.get("skipped"))
-    done = [line["input"]["path"] for line in lines if line["ok"] and not line.get("skipped")]
+    lines = json_lines(again.stdout)  # URL inputs: done lines name the object's version
+    skipped = sorted(line["input"]["path"] for line in lines if line["skipped"])
+    done = [line["input"]["path"] for line in lines if line["ok"] and not line["skipped"]]
+    assert [set(line["input"]["object"]) for line in lines if line["input"]["sha256"]] == \
+        [{"size", "etag", "modified"}]
     assert skipped == sorted(f"s3://photos/{k}" for k in images if k != "set/img1.jpg")
     assert done == ["s3://photos/set/img1.jpg"]
     after = _keys(client, "cams", "run/")
@@ -319,8 +365,7 @@ def test_two_shards_of_a_prefix_cover_it_once(bucket, s3_server, tmp_path):
     for k, run in enumerate(runs, start=1):
         assert run.returncode in (0, 1), run.stderr
         assert f"shard {k}/2: " in run.stderr.splitlines()[-1]
-        seen.append({line["input"] if not line["ok"] else line["input"]["path"]
-                     for line in map(json.loads, run.stdout.splitlines())})
+        seen.append({line["input"]["path"] for line in json_lines(run.stdout)})
     assert not seen[0] & seen[1]
     every = {f"s3://photos/{key}" for key in images}
     every |= {"s3://photos/set/broken.jpg", "s3://photos/set/secret/hidden.jpg"}

@@ -17,6 +17,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import jsonschema
 import pytest
 from cli_helpers import nonblank_lines, offline_env
 
@@ -52,6 +53,7 @@ def test_the_wheel_holds_the_weights_and_little_else(wheel):
         data = archive.read(WEIGHTS)
     assert hashlib.sha256(data).hexdigest() == WEIGHTS_SHA256
     assert "camcli/data/NOTICE.md" in names
+    assert "camcli/data/record.schema.json" in names  # the --json lines' and records' schema
     # What the wheel held before (code, tables, NOTICE: ~120 kB) plus the weights file.
     size = wheel.stat().st_size
     print(f"\nwheel {size:,} bytes, weights file {len(data):,} bytes")
@@ -80,6 +82,10 @@ def test_the_installed_wheel_explains_a_photo_offline(wheel, tmp_path):
                "mobilenet_v1_0.25_224", "--json", cwd=work, env=env)
     (record,) = [json.loads(line) for line in nonblank_lines(run.stdout)]
     assert record["ok"] is True
+    # the installed package's own schema (package data) describes its --json line
+    shipped = _run(str(python), "-c", "import json; from camcli.outputs import json_schema; "
+                   "print(json.dumps(json_schema()))", cwd=work, env=env)
+    jsonschema.validate(record, json.loads(shipped.stdout))
     assert record["model"]["weights"] == "imagenet"
     assert record["predictions"][0]["label"] == "espresso"
     assert sorted(p.name for p in work.iterdir()) == [
