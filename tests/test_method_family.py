@@ -67,9 +67,10 @@ BIAS = np.array([3.0, 1.5, 1.2], dtype=np.float32)  # every score > 0 (Ablation-
 CLASSES = (0, 1, 2)
 
 
-def test_the_eight_methods_of_the_issue_are_registered():
+def test_the_methods_of_the_issues_are_registered():
     assert set(METHODS) >= {"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam",
                             "eigencam", "scorecam", "ablationcam"}
+    assert set(METHODS) >= {"shapleycam", "fullgrad", "guided-backprop", "guided-gradcam"}
     assert GRADIENT_METHODS[:5] == ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
     assert METHODS["eigencam"].needs is Needs.ACTIVATIONS  # gradient-free
     assert METHODS["scorecam"].needs is Needs.MASKED_INPUT_SCORES
@@ -478,8 +479,12 @@ def test_ablationcam_graph_cut_and_full_model_replacement_agree(make_loaded):
 # SS-CAM (35 samples, noise 2.0 on [0, 1] masks) points 0.51 and IS-CAM (10 samples: inputs
 # scaled up to 5.5x) 0.57 on this CNN: those defaults swamp a small CNN's inputs, so the check
 # runs them lighter. randomcam is a baseline, checked in test_more_methods.py.
+# Issue 24 B: shapleycam 0.99, guided-backprop 0.94, guided-gradcam 1.00; fullgrad 0.71 (its
+# bias terms of late layers spread over the whole image under a GAP head: its input-gradient term
+# alone scores 0.81, pytorch-grad-cam's per-channel ψ 0.69; mismatched maps 0.19).
 POINTING_IMAGES = 100
 MIN_POINTING = 0.85
+LOWER_POINTING = {"fullgrad": 0.65}  # measured below MIN_POINTING: still far above chance
 LIGHT = {"sscam": {"samples": 4, "noise": 0.05, "channels": 16},
          "iscam": {"samples": 3, "channels": 16}}
 BASELINES = ("randomcam",)
@@ -526,9 +531,10 @@ def test_every_method_points_at_the_object(pointing, label):
     result = results[label]
     assert result["accuracy"] >= 0.9, f"the shapes CNN did not learn the task: {result}"
     assert result["empty"] == 0, f"{label}: {result['empty']} empty maps"
-    assert result["rate"] >= MIN_POINTING, (
+    need = LOWER_POINTING.get(label, MIN_POINTING)
+    assert result["rate"] >= need, (
         f"{label}: peak on the object for only {result['rate']:.1%} of {POINTING_IMAGES} held-out "
-        f"images (need {MIN_POINTING:.0%}); all methods: {summary}"
+        f"images (need {need:.0%}); all methods: {summary}"
     )
     # Control: another image's map (object elsewhere) must mostly miss, or the criterion is void.
     assert result["control"] < 0.4, f"{label}: mismatched maps still point {result['control']:.1%}"
