@@ -8,8 +8,11 @@ first principal component (:func:`first_component`), as in pytorch-grad-cam.
 What a method needs is declared once, on the method (:class:`Needs`): the gradient of each
 image's own target score with respect to its own activations, nothing beyond the activations,
 or channel scores from extra model calls — the target scores of the input masked by each
-channel (Score-CAM) or of the network with each channel ablated (Ablation-CAM). The engine asks
-the method and computes exactly that; it never looks at a method's name. A channel-scoring
+channel (Score-CAM) or of the network with each channel ablated (Ablation-CAM), or the gradient
+and a Hessian-vector product (ShapleyCAM). Input-resolution methods (:class:`InputResolutionMethod`:
+FullGrad, guided backprop, guided Grad-CAM) also declare what they need at the model's input
+(:class:`InputNeeds`); their maps are at the input's size. The engine asks the method and
+computes exactly that; it never looks at a method's name. A channel-scoring
 method also carries its own options (how many masked inputs per model call, which channels).
 
 Adding a method: write its formula below and add one row to :data:`METHODS`. The CLI's
