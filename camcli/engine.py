@@ -321,12 +321,12 @@ class Engine:
         maps = []
         for total in totals:
             grads = tape.gradient(total, [images, *(c.output for c in captured)])
-            input_term = fullgrad_psi(grads[0] * images, tnp)
+            input_term = _psi(grads[0] * images, tnp)
             bias_term = tf.zeros_like(input_term)
             for capture, grad in zip(captured, grads[1:], strict=True):
                 if grad is not None:
                     term = tf.cast(grad, tf.float32) * tf.cast(capture.bias(), tf.float32)
-                    psi = fullgrad_psi(term, tnp)[..., None]
+                    psi = _psi(term, tnp)[..., None]
                     bias_term += tf.image.resize(psi, size, method="bilinear")[..., 0]
             maps.append(tf.stack([input_term, bias_term], axis=-1))
         return tf.stack(maps)
@@ -474,6 +474,10 @@ def _batched(function, *batches: np.ndarray) -> np.ndarray:
     n = len(batches[0])
     result = _numpy(function(*(tf.constant(_padded(b), tf.float32) for b in batches)))
     return result[:n]
+
+
+#: FullGrad's ψ in the graph, as written (no AutoGraph rewrite: it has no control flow).
+_psi = tf.autograph.experimental.do_not_convert(fullgrad_psi)
 
 
 def _call_padded(function, batch: np.ndarray, targets: np.ndarray):
