@@ -111,7 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# camcli method speed: {args.model} (weights=None), input {height}x{width}, "
           f"layer {loaded.layer_path} ({channels} channels), batch {args.batch_size}",
           file=sys.stderr)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    from camcli.precision import cpu_flags
+
+    isa = sorted(cpu_flags() & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+                                "avx512_fp16", "amx_bf16"})
+    print(f"# {platform.processor() or platform.machine()} ({' '.join(isa) or 'no AVX2'}), "
+          f"{os.cpu_count()} cores, "
           f"TensorFlow {tf.__version__}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
 
     def warm(method):
