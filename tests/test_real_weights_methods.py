@@ -24,8 +24,8 @@ from camcli.methods import METHODS, get_method
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO.parent / "shared" / "fixtures" / "mobilenet_v2_1.0_224_imagenet.weights.h5"
 EGYPTIAN_CAT, ESPRESSO = 285, 967
-#: Score-CAM (and its variants) over the 64 channels of most variance, not all 1280.
-CHANNELS = 64
+#: Score-CAM (and its variants) over the 32 channels of most variance, not all 1280.
+CHANNELS = 32
 DISCRIMINATIVE = [name for name, method in METHODS.items() if method.class_discriminative]
 
 
