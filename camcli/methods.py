@@ -15,7 +15,9 @@ FullGrad, guided backprop, guided Grad-CAM) also declare what they need at the m
 computes exactly that; it never looks at a method's name. A channel-scoring
 method also carries its own options (how many masked inputs per model call, which channels).
 
-Adding a method: write its formula below and add one row to :data:`METHODS`. The CLI's
+Adding a method: write its formula below and add one row to :data:`METHODS`, saying whether its
+maps depend on the explained class (``class_discriminative``: the real-weights test holds every
+such method to putting each class's map on its own object). The CLI's
 ``--method`` help, the README's table (checked by a test) and the tests' method lists all read
 that table. Formulas know nothing of models or files, so they are tested on hand-made arrays.
 Normalisation to [0, 1] lives in :mod:`camcli.heatmaps`.
