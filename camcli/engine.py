@@ -132,7 +132,10 @@ class Engine:
         self._second_order = self._compile(self._hessian_products, step)
         self._input_steps = {
             InputNeeds.GUIDED_GRADIENTS: self._compile(self._guided_gradients, step),
-            InputNeeds.FULL_GRADIENTS: self._compile(self._full_gradients, step),
+            # Always traced, also in an eager engine: TensorFlow's graph optimiser computes the
+            # gradient down to the input with other bits than eager execution does (measured:
+            # 2e-7 apart), and a run's bytes must not depend on how many images it has.
+            InputNeeds.FULL_GRADIENTS: tf.function(self._full_gradients, input_signature=step),
         }
 
     def _compile(self, function, signature):
