@@ -5,19 +5,15 @@ Each is checked against an independent implementation written here: tiny network
 forward and backward passes are spelled out in numpy (3x3 convolutions as shifted matrix
 products, batch norm as an affine map, ReLU masks), so the Hessian-vector product, every bias
 gradient and the guided backward pass are known exactly. Plus: the user's model is untouched
-by the overrides; the CLI writes an input-resolution map as overlay, record and ``.npy``.
+by the overrides. (The CLI's input-resolution outputs: test_method_family.py; an audit:
+test_audit.py; real weights: test_real_weights_methods.py.)
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 import keras
 import numpy as np
 import pytest
-from cli_helpers import SMALL_MODEL, finish, start_explain, stop
-from PIL import Image
 from test_method_family import _bilinear, _normalised
 
 from camcli.engine import Engine, Targets
@@ -261,40 +257,3 @@ def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam(make_loaded):
     upsampled = _bilinear(gradcam.cams.reshape(6, h, w, 1), 12, 12)[..., 0]
     expected = _normalised(guided.cams.reshape(6, 12, 12) * upsampled, allow_empty=True)
     np.testing.assert_allclose(both.cams, expected.reshape(3, 2, 12, 12), atol=TOL)
-
-
-# =========================================================================== the CLI
-
-
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cli_input_resolution")
-    pixels = np.random.default_rng(9).integers(0, 256, size=(90, 150, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(folder / "photo.png")
-    process = start_explain(["photo.png", *SMALL_MODEL, "--method", "Guided-GradCAM",
-                             "--save-heatmap", "--json", "--quiet"], folder,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    yield folder, process
-    stop(process)
-
-
-def test_cli_writes_input_resolution_maps(cli_run):
-    # camcli explain photo.png --model mobilenet_v1_0.25_128 --weights none
-    #   --method Guided-GradCAM --save-heatmap --json --quiet
-    folder, process = cli_run
-    run = finish(process)
-    assert run.returncode == 0, run.stderr
-    (record,) = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
-    assert record["method"] == "guided-gradcam"
-    (explained,) = record["explanations"]
-    heatmap = np.load(folder / explained["heatmap"])
-    assert heatmap.shape == (128, 128) and heatmap.dtype == np.float32  # the model's input
-    assert heatmap.max() == pytest.approx(1.0) and heatmap.min() >= 0
-    # The record's peak is the saved map's peak, in the photo's pixels (150 x 90).
-    i, j = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-    assert explained["peak"] == {"x": round((j + 0.5) * 150 / 128, 2),
-                                 "y": round((i + 0.5) * 90 / 128, 2)}
-    with Image.open(folder / explained["overlay"]) as overlay:
-        assert overlay.size == (150, 90)
-    assert json.loads((folder / "photo.png.cam.json").read_text())["explanations"][0][
-        "heatmap_sha256"] == explained["heatmap_sha256"]

@@ -659,7 +659,7 @@ def test_flipping_the_image_flips_the_aug_smoothed_map(cnn, method):
 
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory) -> dict:
-    """The three CLI tests' runs, started together (each start-up imports TensorFlow: seconds
+    """The CLI tests' runs, started together (each start-up imports TensorFlow: seconds
     of one core), each on the same photo in a folder of its own; each test waits for its own.
     Returns name -> (folder, process)."""
     pixels = np.random.default_rng(9).integers(0, 256, size=(96, 120, 3), dtype=np.uint8)
@@ -669,6 +669,7 @@ def cli_runs(tmp_path_factory) -> dict:
                   "--method", "scorecam", "--scorecam-channels", "4", "--scorecam-batch", "3",
                   "--save-heatmap", "--json", "--quiet"],
         "unknown": ["--method", "gradcam+++"],
+        "input_resolution": ["--method", "Guided-GradCAM", "--save-heatmap", "--json", "--quiet"],
     }
     runs = {}
     for name, options in commands.items():
@@ -722,3 +723,23 @@ def test_cli_unknown_method_is_a_usage_error_with_suggestions(cli_runs):
     assert len(error) == 1, run.stderr
     assert "unknown method 'gradcam+++'" in error[0]
     assert "did you mean" in error[0] and "gradcam++" in error[0]
+
+
+def test_cli_writes_input_resolution_maps(cli_runs):
+    # camcli explain photo.png --method Guided-GradCAM --save-heatmap --json --quiet
+    # (mobilenet_v1_0.25_128: maps at the model's 128x128 input, not its 4x4 layer)
+    folder, process = cli_runs["input_resolution"]
+    record = _record(finish(process))
+    assert record["method"] == "guided-gradcam"
+    (explained,) = record["explanations"]
+    heatmap = np.load(folder / explained["heatmap"])
+    assert heatmap.shape == (128, 128) and heatmap.dtype == np.float32
+    assert heatmap.max() == pytest.approx(1.0) and heatmap.min() >= 0
+    # The record's peak is the saved map's peak, in the photo's pixels (120 x 96).
+    i, j = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    assert explained["peak"] == {"x": round((j + 0.5) * 120 / 128, 2),
+                                 "y": round((i + 0.5) * 96 / 128, 2)}
+    with Image.open(folder / explained["overlay"]) as overlay:
+        assert overlay.size == (120, 96)
+    written = json.loads((folder / "photo.png.cam.json").read_text())
+    assert written["explanations"][0]["heatmap_sha256"] == explained["heatmap_sha256"]
