@@ -572,7 +572,8 @@ class FinerCAM(Method):
         _check(self.name, method.compared >= 1,
                f"compared must be at least 1, not {method.compared}")
         base = get_method(method.base)
-        _check(self.name, base.needs is Needs.GRADIENTS and not isinstance(base, FinerCAM),
+        _check(self.name, base.needs is Needs.GRADIENTS and not isinstance(base, FinerCAM)
+               and base.input_needs is None,  # only a layer formula is taken from the base
                f"the base method must be a gradient method, not {base.name!r}")
         if (base.name, base.formula, base.principal_component) == (
                 method.base, method.formula, method.principal_component):

@@ -17,6 +17,7 @@ import pytest
 from test_method_family import _bilinear, _normalised
 
 from camcli.engine import Engine, Targets
+from camcli.errors import UsageError
 from camcli.methods import METHODS, InputNeeds, Needs, fullgrad_psi, get_method
 
 CLASSES = (0, 2)
@@ -68,6 +69,15 @@ def test_the_methods_declare_what_they_need():
     assert gg.input_needs is InputNeeds.GUIDED_GRADIENTS and gg.layer_map and gg.needs_gradients
     assert not METHODS["guided-backprop"].class_discriminative  # the same map for every class
     assert METHODS["gradcam"].input_needs is None  # layer-resolution methods
+
+
+def test_finercam_refuses_a_base_that_needs_more_than_layer_gradients():
+    # Finer-CAM takes only its base's layer formula: guided Grad-CAM's input stage would be
+    # dropped silently, ShapleyCAM's second-order evidence never computed.
+    for base in ("guided-gradcam", "shapleycam", "fullgrad"):
+        with pytest.raises(UsageError, match="the base method must be a gradient method"):
+            get_method("finercam", base=base)
+    assert get_method("finercam", base="layercam").base == "layercam"
 
 
 def test_fullgrad_psi_in_numpy_and_in_the_graph():
