@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_methods.py                  # resnet50, 32 images
     .venv/bin/python benchmarks/bench_methods.py --images 16 --scorecam-images 1
+    .venv/bin/python benchmarks/bench_methods.py --methods shapleycam fullgrad   # some only
 
 Every method goes through camcli's own :class:`~camcli.engine.Engine` (compiled, warmed up on one
 image first, so tracing is not timed) on the same deterministic photo-like images: random crops
@@ -14,6 +15,9 @@ of the target layer (2048 for resnet50) and per image, so it is timed on fewer i
 (``--scorecam-images``, default 2); images/s is a rate, so it stays comparable. Grad-CAM is
 timed again after every method and each ratio uses the Grad-CAM rates just before and after
 that method, so a machine whose load changes during the run skews the ratios less.
+
+Every method of ``camcli.methods.METHODS`` is timed (methods added to the table are picked up);
+``--methods`` times some only, still each beside Grad-CAM.
 
 Prints a Markdown table: method, images timed, seconds, images/s, the Grad-CAM rate around it,
 and the ratio. Takes about 8 minutes on 2 cores (Score-CAM dominates).
@@ -72,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--scorecam-images", type=int, default=2,
                         help="images for Score-CAM over every channel (the slow one)")
+    parser.add_argument("--methods", nargs="+", metavar="NAME",
+                        help="time only these methods (default: every method of the table)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="passes per method (best kept); methods slower than 30 s: one")
     args = parser.parse_args(argv)
@@ -91,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     images = loaded.preprocess(photo_like(args.images, (height, width)).astype(np.float32))
 
     cases = []
-    for name, method in METHODS.items():
+    chosen = [get_method(name).name for name in args.methods] if args.methods else list(METHODS)
+    for name in chosen:
+        method = METHODS[name]
         if hasattr(method, "channels"):  # Score-CAM: every channel, and the 64 of most variance
             cases.append((f"{name} --scorecam-channels 64", method.configure(channels=64),
                           args.images))
@@ -103,7 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# camcli method speed: {args.model} (weights=None), input {height}x{width}, "
           f"layer {loaded.layer_path} ({channels} channels), batch {args.batch_size}",
           file=sys.stderr)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    from camcli.precision import cpu_flags
+
+    isa = sorted(cpu_flags() & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+                                "avx512_fp16", "amx_bf16"})
+    print(f"# {platform.processor() or platform.machine()} ({' '.join(isa) or 'no AVX2'}), "
+          f"{os.cpu_count()} cores, "
           f"TensorFlow {tf.__version__}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
 
     def warm(method):

@@ -29,10 +29,12 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 
+from camcli import backprop
 from camcli.heatmaps import normalize
 from camcli.loading import LoadedModel, head_weights, patched
-from camcli.methods import Method, Needs, get_method, image_keys
+from camcli.methods import InputNeeds, Method, Needs, fullgrad_psi, get_method, image_keys
 
 #: ``--aug-smooth``: horizontal flip × 3 scales (zoomed out and padded); maps are mapped back.
 AUGMENTATIONS = tuple((flip, scale) for flip in (False, True) for scale in (1.0, 0.875, 0.75))
@@ -125,6 +127,16 @@ class Engine:
         # model has no global-average-pooling + dense head there).
         self._heads = ([head_weights(loaded, layer) for layer in self.layers]
                        if self.method.needs is Needs.HEAD_WEIGHTS else [])
+        # Second order (ShapleyCAM) and evidence at the input (input-resolution methods).
+        step = [self._images_spec, tf.TensorSpec([None, targets.count], tf.int32)]
+        self._second_order = self._compile(self._hessian_products, step)
+        self._input_steps = {
+            InputNeeds.GUIDED_GRADIENTS: self._compile(self._guided_gradients, step),
+            # Always traced, also in an eager engine: TensorFlow's graph optimiser computes the
+            # gradient down to the input with other bits than eager execution does (measured:
+            # 2e-7 apart), and a run's bytes must not depend on how many images it has.
+            InputNeeds.FULL_GRADIENTS: tf.function(self._full_gradients, input_signature=step),
+        }
 
     def _compile(self, function, signature):
         return tf.function(function, input_signature=signature) if self.compiled else function
@@ -172,15 +184,35 @@ class Engine:
         keys = image_keys(batch) if seeded else None
         if self.method.needs is Needs.NOISY_GRADIENTS:
             gradients = self._noisy_gradients(batch, targets, keys)
+        elif self.method.needs is Needs.HESSIAN_VECTOR_PRODUCTS:
+            gradients = _call_padded(self._second_order, batch, targets)
         per_layer = []
-        for index, a in enumerate(activations):
+        for index, a in enumerate(activations if self.method.layer_map else ()):
             evidence = self._evidence(index, batch, a, gradients, targets)
             a_kn = np.broadcast_to(a[None], (k, *a.shape)).reshape(k * n, *a.shape[1:])
             keys_kn = None if keys is None else np.tile(keys, k)
             raw = self.method.cam(a_kn, evidence, self.options.eigen_smooth, keys_kn)
             maps, _ = normalize(raw)
             per_layer.append(maps.reshape(k, n, *maps.shape[1:]).transpose(1, 0, 2, 3))
-        return logits, targets, scores, _fuse(per_layer, self.options.fuse)
+        maps = _fuse(per_layer, self.options.fuse) if per_layer else None
+        if self.method.input_needs is not None:
+            maps = self._input_maps(batch, targets, maps)
+        return logits, targets, scores, maps
+
+    def _input_maps(self, batch, targets, layer_maps):
+        """Input-resolution maps ``(n, k, H, W)``: the method's input map, times the layer maps
+        upsampled to the input when it makes those too (guided Grad-CAM)."""
+        n, k = targets.shape
+        evidence = _call_padded(self._input_steps[self.method.input_needs], batch, targets)
+        evidence = evidence.reshape(k * n, *evidence.shape[2:])
+        height, width = self.loaded.input_size
+        upsampled = None
+        if layer_maps is not None:
+            h, w = layer_maps.shape[2:]
+            flat = layer_maps.transpose(1, 0, 2, 3).reshape(k * n, h, w, 1)
+            upsampled = tf.image.resize(flat, (height, width), method="bilinear").numpy()[..., 0]
+        maps, _ = normalize(self.method.input_map(evidence, upsampled))
+        return maps.reshape(k, n, height, width).transpose(1, 0, 2, 3)
 
     def _evidence(self, index: int, batch, activations, gradients, targets):
         """What the method needs besides layer ``index``'s activations, flattened to ``k * n``
@@ -191,7 +223,8 @@ class Engine:
             return None
         if needs is Needs.GRADIENTS:
             return gradients[index].reshape(k * n, *activations.shape[1:])
-        if needs is Needs.NOISY_GRADIENTS:  # (k, n, samples, h, w, c)
+        # (k, n, samples, h, w, c) noisy gradients; (k, n, h, w, c, 2) gradients and H·A
+        if needs in (Needs.NOISY_GRADIENTS, Needs.HESSIAN_VECTOR_PRODUCTS):
             return gradients[index].reshape(k * n, *gradients[index].shape[2:])
         if needs is Needs.HEAD_WEIGHTS:  # the targets' columns, class-major
             return self._heads[index][:, targets.T.ravel()].T
@@ -229,6 +262,77 @@ class Engine:
         del tape
         activations = [tf.cast(a, tf.float32) for a in captured]
         return logits, targets, scores, activations, gradients
+
+    # ----------------------------------------------------------------- beyond the gradient
+
+    def _class_totals(self, scores):
+        """Each explained class's score summed over the batch: one backward pass gives every
+        image its own gradient (inference mode: images do not interact)."""
+        return [tf.reduce_sum(scores[:, j]) for j in range(self.targets.count)]
+
+    def _hessian_products(self, images, targets):
+        """Per target layer ``(k, n, h, w, c, 2)``: the gradient g of the ReST score with
+        respect to the activations A and the Hessian-vector product ``d(g · A)/dA`` (A fixed),
+        by double backpropagation (ShapleyCAM)."""
+        self.trace_count += 1
+        with tf.GradientTape(watch_accessed_variables=False, persistent=True) as outer:
+            with tf.GradientTape(watch_accessed_variables=False, persistent=True) as inner:
+                with patched(self.loaded.patches), contextlib.ExitStack() as stack:
+                    watchers = backprop.Watchers(inner, outer)
+                    captures = [stack.enter_context(_capture_output(layer, watchers))
+                                for layer in self.layers]
+                    outputs = self.loaded.model(images, training=False)
+                rest = backprop.rest_score(self._scores(outputs), targets,
+                                           self.loaded.probability)
+                totals = self._class_totals(rest)
+            captured = [c.value for c in captures]
+            grads = [[inner.gradient(t, a) for t in totals] for a in captured]
+            products = [[tf.reduce_sum(g * tf.stop_gradient(a)) for g in row]
+                        for a, row in zip(captured, grads, strict=True)]
+        out = []
+        for a, row, sums in zip(captured, grads, products, strict=True):
+            hvps = [outer.gradient(p, a) for p in sums]
+            hvps = [tf.zeros_like(a) if h is None else h for h in hvps]
+            pairs = [tf.stack(pair, -1) for pair in zip(row, hvps, strict=True)]
+            out.append(tf.cast(tf.stack(pairs), tf.float32))
+        return out
+
+    def _guided_gradients(self, images, targets):
+        """``(k, n, H, W, C)``: d(score)/d(input) with every activation guided (guided backprop)."""
+        self.trace_count += 1
+        model = self.loaded.model
+        with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
+            tape.watch(images)
+            # The softmax bypass first, so the guided patches see the output layer bypassed.
+            with patched(self.loaded.patches), patched(backprop.guided_patches(model)):
+                logits = self._scores(model(images, training=False))
+            totals = self._class_totals(tf.gather(logits, targets, batch_dims=1))
+        return tf.stack([tape.gradient(total, images) for total in totals])
+
+    def _full_gradients(self, images, targets):
+        """``(k, n, H, W, 2)``: FullGrad's ψ(input-gradient ⊙ input) and the sum over every
+        bias layer of ψ(gradient ⊙ bias) upsampled to the input, reduced in the graph."""
+        self.trace_count += 1
+        captures = backprop.bias_layers(self.loaded.model)
+        with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
+            tape.watch(images)
+            with patched(self.loaded.patches), backprop.capturing_biases(captures, tape):
+                logits = self._scores(self.loaded.model(images, training=False))
+            totals = self._class_totals(tf.gather(logits, targets, batch_dims=1))
+        captured = [c for c in captures if c.output is not None]
+        size = self.loaded.input_size
+        maps = []
+        for total in totals:
+            grads = tape.gradient(total, [images, *(c.output for c in captured)])
+            input_term = _psi(grads[0] * images, tnp)
+            bias_term = tf.zeros_like(input_term)
+            for capture, grad in zip(captured, grads[1:], strict=True):
+                if grad is not None:
+                    term = tf.cast(grad, tf.float32) * tf.cast(capture.bias(), tf.float32)
+                    psi = _psi(term, tnp)[..., None]
+                    bias_term += tf.image.resize(psi, size, method="bilinear")[..., 0]
+            maps.append(tf.stack([input_term, bias_term], axis=-1))
+        return tf.stack(maps)
 
     def _logits(self, images):
         with patched(self.loaded.patches):
@@ -373,6 +477,19 @@ def _batched(function, *batches: np.ndarray) -> np.ndarray:
     n = len(batches[0])
     result = _numpy(function(*(tf.constant(_padded(b), tf.float32) for b in batches)))
     return result[:n]
+
+
+#: FullGrad's ψ in the graph, as written (no AutoGraph rewrite: it has no control flow).
+_psi = tf.autograph.experimental.do_not_convert(fullgrad_psi)
+
+
+def _call_padded(function, batch: np.ndarray, targets: np.ndarray):
+    """``function(images, targets)`` (class-major results ``(k, n, ...)``, or a list of them)
+    on a batch never of one (:data:`MIN_BATCH`)."""
+    n = len(batch)
+    result = _numpy(function(tf.constant(_padded(batch), tf.float32),
+                             tf.constant(_padded(targets), tf.int32)))
+    return [r[:, :n] for r in result] if isinstance(result, list) else result[:, :n]
 
 
 def _numpy(value):

@@ -8,11 +8,16 @@ first principal component (:func:`first_component`), as in pytorch-grad-cam.
 What a method needs is declared once, on the method (:class:`Needs`): the gradient of each
 image's own target score with respect to its own activations, nothing beyond the activations,
 or channel scores from extra model calls — the target scores of the input masked by each
-channel (Score-CAM) or of the network with each channel ablated (Ablation-CAM). The engine asks
-the method and computes exactly that; it never looks at a method's name. A channel-scoring
+channel (Score-CAM) or of the network with each channel ablated (Ablation-CAM), or the gradient
+and a Hessian-vector product (ShapleyCAM). Input-resolution methods (:class:`InputResolutionMethod`:
+FullGrad, guided backprop, guided Grad-CAM) also declare what they need at the model's input
+(:class:`InputNeeds`); their maps are at the input's size. The engine asks the method and
+computes exactly that; it never looks at a method's name. A channel-scoring
 method also carries its own options (how many masked inputs per model call, which channels).
 
-Adding a method: write its formula below and add one row to :data:`METHODS`. The CLI's
+Adding a method: write its formula below and add one row to :data:`METHODS`, saying whether its
+maps depend on the explained class (``class_discriminative``: the real-weights test holds every
+such method to putting each class's map on its own object). The CLI's
 ``--method`` help, the README's table (checked by a test) and the tests' method lists all read
 that table. Formulas know nothing of models or files, so they are tested on hand-made arrays.
 Normalisation to [0, 1] lives in :mod:`camcli.heatmaps`.
@@ -43,6 +48,15 @@ class Needs(str, enum.Enum):
     ABLATION_SCORES = "ablation_scores"  # unablated score, then the score per zeroed channel
     HEAD_WEIGHTS = "head_weights"  # the classifier's weights on the pooled layer (CAM), per class
     NOISY_GRADIENTS = "noisy_gradients"  # the gradients of noisy copies of the input
+    # --- second order (ShapleyCAM)
+    HESSIAN_VECTOR_PRODUCTS = "gradients_and_hessian_vector_products"  # (g, H·A) of the ReST score
+
+
+class InputNeeds(str, enum.Enum):
+    """What a method takes at the model's *input* (its maps are at the input's resolution)."""
+
+    GUIDED_GRADIENTS = "guided_input_gradients"  # d(score)/d(input), every ReLU guided
+    FULL_GRADIENTS = "input_and_bias_gradients"  # FullGrad's ψ(input term), Σ ψ(bias terms)
 
 
 @dataclass(frozen=True)
@@ -59,10 +73,17 @@ class Method:
     needs: Needs = Needs.GRADIENTS
     principal_component: bool = False  # the map is always the first principal component
     seeded: bool = False  # the formula draws random numbers: it takes ``keys=``, one per row
+    class_discriminative: bool = True  # maps differ by class (False: the same for every class)
+    input_needs: InputNeeds | None = None  # evidence at the input: maps at the input's size
 
     @property
     def needs_gradients(self) -> bool:
         return self.needs in (Needs.GRADIENTS, Needs.NOISY_GRADIENTS)
+
+    @property
+    def layer_map(self) -> bool:
+        """Whether the method makes a map at the target layer(s) (``formula``)."""
+        return self.formula is not None
 
     @property
     def scores_channels(self) -> bool:
@@ -160,6 +181,29 @@ class ScoreCAM(ChannelScoringMethod):
 
     def recorded_options(self) -> dict:
         return {"scorecam_channels": self.channels}
+
+
+@dataclass(frozen=True)
+class InputResolutionMethod(Method):
+    """A method whose maps are at the model's input resolution, from evidence at the input
+    (:class:`InputNeeds`): ``input_formula`` turns it into raw maps ``(n, H, W)``. With a layer
+    ``formula`` too (guided Grad-CAM), the layer map, normalised and upsampled to the input,
+    multiplies the input map; without one (``formula=None``) the target layer plays no part."""
+
+    input_formula: Callable[[np.ndarray], np.ndarray] | None = None
+    input_needs: InputNeeds = InputNeeds.GUIDED_GRADIENTS
+
+    def __post_init__(self):
+        if self.input_formula is None:
+            raise ValueError(f"{self.name}: an input-resolution method needs an input formula")
+        if self.formula is None:  # nothing asked of the target layer beyond the forward pass
+            object.__setattr__(self, "needs", Needs.ACTIVATIONS)
+
+    def input_map(self, evidence: np.ndarray, layer_maps: np.ndarray | None = None):
+        """Raw maps ``(n, H, W)`` from the input evidence, times ``layer_maps`` (normalised,
+        upsampled to the input) when the method has a layer formula."""
+        raw = self.input_formula(evidence)
+        return raw if layer_maps is None else raw * layer_maps
 
 
 def _channel_weighted(activations: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -528,7 +572,8 @@ class FinerCAM(Method):
         _check(self.name, method.compared >= 1,
                f"compared must be at least 1, not {method.compared}")
         base = get_method(method.base)
-        _check(self.name, base.needs is Needs.GRADIENTS and not isinstance(base, FinerCAM),
+        _check(self.name, base.needs is Needs.GRADIENTS and not isinstance(base, FinerCAM)
+               and base.input_needs is None,  # only a layer formula is taken from the base
                f"the base method must be a gradient method, not {base.name!r}")
         if (base.name, base.formula, base.principal_component) == (
                 method.base, method.formula, method.principal_component):
@@ -554,6 +599,50 @@ class FinerCAM(Method):
         return {"base": self.base, "alpha": self.alpha, "compared": self.compared}
 
 
+# --------------------------------------------------------------------------- second order, input
+
+
+def shapleycam(activations: np.ndarray, evidence: np.ndarray) -> np.ndarray:
+    """ShapleyCAM (Cai et al. 2025, arXiv:2501.06261, eq. 12; pytorch-grad-cam's ShapleyCAM).
+
+    ``evidence[..., 0]`` is the gradient ``g = ds/dA`` and ``evidence[..., 1]`` the
+    Hessian-vector product ``H A = d(g · A)/dA`` (A held fixed) of the ReST score
+    ``s = y_c + log p_c``; the second-order Taylor estimate of each channel's Shapley value
+    gives ``w_k = mean_ij (g - H A / 2)_ij^k``.
+    """
+    gradients, products = evidence[..., 0], evidence[..., 1]
+    return _channel_weighted(activations, (gradients - 0.5 * products).mean(axis=(1, 2)))
+
+
+def fullgrad_psi(values, xp=np):
+    """FullGrad's post-processing ψ of one layer's bias-gradient (or input-gradient × input)
+    tensor ``(n, h, w, c)``, before upsampling: absolute value, min-max rescaled to [0, 1] per
+    image over the whole tensor (as the authors' code does), summed over channels: ``(n, h, w)``.
+
+    ``xp`` is the array namespace (numpy, or ``tensorflow.experimental.numpy`` in the engine's
+    graph, so only ``(n, h, w)`` maps leave it).
+    """
+    values = xp.abs(values)
+    low = xp.min(values, axis=(1, 2, 3), keepdims=True)
+    span = xp.max(values, axis=(1, 2, 3), keepdims=True) - low
+    return xp.sum((values - low) / (span + 1e-6), axis=-1)
+
+
+def fullgrad(evidence: np.ndarray) -> np.ndarray:
+    """FullGrad (Srinivas & Fleuret 2019, arXiv:1905.00780, eq. 5): ``evidence[..., 0]`` is
+    ψ(input-gradient ⊙ input), ``evidence[..., 1]`` the sum over every conv and batch-norm
+    layer of ψ(bias-gradient map) upsampled to the input; the map is their sum."""
+    return evidence.sum(axis=-1)
+
+
+def guided_backprop(gradients: np.ndarray) -> np.ndarray:
+    """Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806, fig. 1): the input
+    gradient with every ReLU passing back only positive gradients where its input was positive.
+    The signed ``(n, H, W, channels)`` gradient becomes a map by its largest magnitude over
+    the colour channels (as saliency maps do, Simonyan et al. 2014)."""
+    return np.abs(gradients).max(axis=-1)
+
+
 def combine(weighted: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
     """Raw maps ``(n, h, w)`` from weighted activations: ReLU of the channel sum, or with
     ``eigen_smooth`` ReLU of their first principal component."""
@@ -570,7 +659,7 @@ METHODS: dict[str, Method] = {
         Method("hirescam", hirescam, "Draelos & Carin 2020, arXiv:2011.08891"),
         Method("layercam", layercam, "Jiang et al. 2021, IEEE TIP 30:5875"),
         Method("eigencam", eigencam, "Muhammad & Yeasin 2020, arXiv:2008.00299",
-               Needs.ACTIVATIONS, principal_component=True),
+               Needs.ACTIVATIONS, principal_component=True, class_discriminative=False),
         ScoreCAM("scorecam", scorecam, "Wang et al. 2020, arXiv:1910.01279"),
         ChannelScoringMethod("ablationcam", ablationcam, "Desai & Ramaswamy 2020, WACV",
                              Needs.ABLATION_SCORES),
@@ -581,15 +670,26 @@ METHODS: dict[str, Method] = {
                "Gildenblat et al. 2021, pytorch-grad-cam GradCAMElementWise"),
         Method("eigengradcam", hirescam, "Gildenblat et al. 2021, pytorch-grad-cam EigenGradCAM",
                principal_component=True),
-        KernelPCACAM("kpcacam", kernel_pca_component, "Karmani et al. 2024, arXiv:2410.00267"),
-        FEM("fem", fem, "Fuad et al. 2020, IPTA; Bourjade et al."),
+        KernelPCACAM("kpcacam", kernel_pca_component, "Karmani et al. 2024, arXiv:2410.00267",
+                     class_discriminative=False),
+        FEM("fem", fem, "Fuad et al. 2020, IPTA; Bourjade et al.", class_discriminative=False),
         FinerCAM("finercam", gradcam, "Zhang et al. 2025, CVPR (Finer-CAM)"),
         NoisyGradientMethod("smoothgradcam++", smooth_gradcam_plus_plus,
                             "Omeiza et al. 2019, arXiv:1908.01224"),
         SmoothedScoreCAM("sscam", scorecam, "Wang et al. 2020, arXiv:2006.14255"),
         IntegratedScoreCAM("iscam", scorecam, "Naidu et al. 2020, arXiv:2010.03023"),
         RandomCAM("randomcam", random_channels,
-                  "Gildenblat et al. 2021, pytorch-grad-cam RandomCAM"),
+                  "Gildenblat et al. 2021, pytorch-grad-cam RandomCAM", class_discriminative=False),
+        # second order and input resolution (issue 24, part B)
+        Method("shapleycam", shapleycam, "Cai et al. 2025, arXiv:2501.06261",
+               Needs.HESSIAN_VECTOR_PRODUCTS),
+        InputResolutionMethod("fullgrad", None, "Srinivas & Fleuret 2019, arXiv:1905.00780",
+                              input_formula=fullgrad, input_needs=InputNeeds.FULL_GRADIENTS),
+        InputResolutionMethod("guided-backprop", None, "Springenberg et al. 2015, "
+                              "arXiv:1412.6806", class_discriminative=False,
+                              input_formula=guided_backprop),
+        InputResolutionMethod("guided-gradcam", gradcam, "Selvaraju et al. 2017, "
+                              "arXiv:1610.02391", input_formula=guided_backprop),
     )
 }
 

@@ -499,3 +499,26 @@ def test_command_exit_codes_messages_and_step_summary(world):
         assert fragment in lines[0]
         assert run.stdout == ""
     assert not (folder / "broken").exists() and not (folder / "unknown").exists()
+
+
+def test_an_input_resolution_method_is_audited_like_a_layer_method(world, clean_audit):
+    # The audit with --method guided-gradcam: its maps are at the model's input size (64x64,
+    # not the layer's 8x8); the metrics, overlays and a comparison with the Grad-CAM audit as
+    # baseline (maps of another size) work as for any method.
+    from camcli.api import Explainer
+
+    explainer = Explainer(model=str(world.paths["good"]), preprocess="scale01",
+                          labels=world.labels, batch_size=4, method="guided-gradcam")
+    result = run_audit(world.clean, explainer, AuditSettings(
+        out_dir=world.folder / "guided_out", step_summary=False, thresholds=THRESHOLDS,
+        mean_thresholds=MEANS, baseline=world.folder / "clean_out" / "audit.json"))
+    _print_metric("guided-gradcam, clean images", result, "energy_in_box")
+    assert result.passed, _summary(result)
+    assert result.record["method"] == "guided-gradcam"
+    pairs = zip(result.record["images"], clean_audit.record["images"], strict=True)
+    for image, before in pairs:
+        assert (image["map"]["height"], image["map"]["width"]) == (SIZE, SIZE)
+        assert before["map"]["height"] < SIZE
+        assert image["baseline"]["found"] and image["baseline"]["map_correlation"] > 0.3
+        with Image.open(world.folder / "guided_out" / image["overlay"]) as overlay:
+            assert overlay.size == (SIZE, SIZE)

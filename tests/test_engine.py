@@ -172,9 +172,10 @@ def test_each_image_map_is_the_same_alone_and_in_a_batch_of_32(mobilenet, make_l
 #: there TensorFlow computes a lone image differently from a batch (logits 1e-5 apart), which
 #: camcli.engine.MIN_BATCH must hide. Every image is explained in several batches, eagerly and
 #: compiled, by a gradient method and by both channel-scoring ones (whose chunks of masked
-#: inputs also come out at one), by Finer-CAM (a contrastive score) and by the noisy methods
+#: inputs also come out at one), by Finer-CAM (a contrastive score), by the noisy methods
 #: (their noisy copies and masks are model calls too; Smooth Grad-CAM++ below the last layer,
-#: whose gradient is the same for every input); each must give the whole batch's bits.
+#: whose gradient is the same for every input) and by the methods with passes of their own
+#: (ShapleyCAM, FullGrad, guided Grad-CAM); each must give the whole batch's bits.
 _BATCHINGS = """
 import json
 from pathlib import Path
@@ -189,7 +190,8 @@ methods = (("gradcam", {}), ("scorecam", {"scorecam_channels": 4, "scorecam_batc
            ("ablationcam", {"scorecam_batch": 7}), ("finercam", {}),
            ("smoothgradcam++", {"layer": "conv_pw_12_relu", "method_option": {"samples": 2}}),
            ("sscam", {"scorecam_channels": 4, "scorecam_batch": 3,
-                      "method_option": {"samples": 2}}))
+                      "method_option": {"samples": 2}}),
+           ("shapleycam", {}), ("fullgrad", {}), ("guided-gradcam", {}))
 for method, options in methods:
     explainer = Explainer(model="mobilenet_v1_0.25_224", method=method, top_k_cams=2, **options)
     whole = explainer.explain_arrays(pixels, compiled=True)
