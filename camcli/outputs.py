@@ -20,12 +20,15 @@ import fcntl
 import hashlib
 import json
 import os
+import posixpath
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from camcli import storage
+from camcli.errors import InputError
 
 #: The version of the records and ``--json`` lines, written down as a JSON Schema (draft
 #: 2020-12) in ``camcli/data/record.schema.json``: bump both for any change to either.
@@ -62,19 +65,11 @@ class OutputPaths:
     def for_input(cls, path, out_dir=None) -> OutputPaths:
         """Beside ``path``, or under ``out_dir`` mirroring it: a local path relative to the
         current folder (or absolute), a URL as ``bucket/key`` (``host/path``). Either may be a
-        :class:`~camcli.storage.Url`."""
+        :class:`~camcli.storage.Url`. Raises :class:`UnsafeOutputPath` when ``path`` cannot be
+        mapped to a place under ``out_dir`` (see :func:`output_base`)."""
         if out_dir is None:
             return cls(path.parent / path.name)
-        if not isinstance(out_dir, storage.Url):
-            out_dir = Path(out_dir)
-        if isinstance(path, storage.Url):
-            return cls(out_dir / path.key())
-        absolute = Path(os.path.normpath(os.path.abspath(path)))
-        try:
-            relative = absolute.relative_to(Path.cwd())
-        except ValueError:  # outside the current folder: mirror the absolute path
-            relative = absolute.relative_to(absolute.anchor)
-        return cls(out_dir / relative)
+        return cls(output_base(path, out_dir))
 
     def _with(self, suffix: str) -> Path:
         return self.base.with_name(self.base.name + suffix)
@@ -92,6 +87,79 @@ class OutputPaths:
     @staticmethod
     def _class_part(index: int, label: str, several: bool) -> str:
         return f"{OUTPUT_TAG}.{index}_{_slug(label)}" if several else OUTPUT_TAG
+
+
+class UnsafeOutputPath(InputError):
+    """An input whose name cannot be mapped to outputs under ``--out-dir`` safely."""
+
+
+#: No mirrored key may hold NUL or another control character (no file name should), nor (see
+#: :func:`_key_segments`) a backslash, a folder separator on Windows and in some tools.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def output_base(path, out_dir) -> Path | storage.Url:
+    """Where ``path``'s outputs go under ``out_dir``, proven to stay under it: the one place
+    that maps an input to an output location (every run, local or Ray, calls it through
+    :meth:`OutputPaths.for_input`).
+
+    A local path is made absolute and normalised, then mirrored relative to the current folder
+    (or from its root). A URL's ``host/key`` is mirrored segment by segment; an object key is
+    any string, so a key with an empty, ``.`` or ``..`` segment, a control character or a
+    backslash is refused (:class:`UnsafeOutputPath`), never normalised: two keys must not share
+    outputs, and ``ok/../../x.jpg`` must not write outside ``out_dir``. Whatever the
+    segments, the result is then checked to lie strictly inside ``out_dir``.
+    """
+    root = out_dir if isinstance(out_dir, storage.Url) else Path(out_dir)
+    if isinstance(path, storage.Url):
+        parts = _key_segments(path)
+    else:
+        absolute = Path(os.path.normpath(os.path.abspath(path)))
+        try:
+            parts = absolute.relative_to(Path.cwd()).parts
+        except ValueError:  # outside the current folder: mirror the absolute path
+            parts = absolute.relative_to(absolute.anchor).parts
+    if not parts:
+        raise UnsafeOutputPath(path, f"cannot be mapped under --out-dir {root}: no file name")
+    base = root / "/".join(parts) if isinstance(root, storage.Url) else root.joinpath(*parts)
+    if not _inside(root, base, parts):
+        raise UnsafeOutputPath(path, f"its outputs would leave --out-dir {root}")
+    return base
+
+
+def _key_segments(url: storage.Url) -> tuple[str, ...]:
+    """``host/key`` of ``url`` as folder names, or :class:`UnsafeOutputPath` saying why not."""
+    if _CONTROL.search(url.text):  # checked on the text: urlsplit drops tabs and newlines
+        raise UnsafeOutputPath(url, "cannot be mapped under --out-dir: a control character "
+                                    "in its key")
+    parts = tuple(url.key().split("/"))
+    if not parts[0]:
+        raise UnsafeOutputPath(url, "cannot be mapped under --out-dir: no host or bucket")
+    for part in parts:
+        if part in ("", ".", ".."):
+            why = f"a {part!r} segment" if part else "an empty segment (//)"
+            raise UnsafeOutputPath(url, f"cannot be mapped under --out-dir: {why} in its key")
+        if "\\" in part:
+            raise UnsafeOutputPath(url, "cannot be mapped under --out-dir: a backslash in its "
+                                        "key (a folder separator elsewhere)")
+    return parts
+
+
+def _inside(root, base, parts) -> bool:
+    """The proof: ``base`` is strictly inside ``root``, lexically after normalisation (no
+    ``..`` can climb out of it, no absolute segment can replace it)."""
+    if isinstance(root, storage.Url):
+        top = posixpath.normpath("/" + urlsplit(root.text).path.lstrip("/"))
+        where = posixpath.normpath("/" + urlsplit(base.text).path.lstrip("/"))
+        same_place = urlsplit(root.text).netloc == urlsplit(base.text).netloc
+    else:
+        top, where, same_place = os.path.abspath(root), os.path.abspath(base), True
+    return (
+        same_place
+        and ".." not in parts
+        and where != top
+        and os.path.commonpath([top, where]) == top
+    )
 
 
 def atomic_write(path: Path, data: bytes, protect: Path | None = None) -> None:

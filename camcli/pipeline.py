@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from camcli import __version__, images, native_stderr, render, storage
-from camcli.errors import UsageError
+from camcli.errors import InputError, UsageError
 from camcli.heatmaps import map_stats
 from camcli.outputs import (
     SCHEMA_VERSION,
@@ -276,6 +276,8 @@ class Pipeline:
         self.fingerprint = settings_fingerprint(explainer.settings(self.options))
 
     def paths(self, path: Path) -> OutputPaths:
+        """Where ``path``'s outputs go; :class:`~camcli.outputs.UnsafeOutputPath` (an
+        InputError) when no place under ``--out-dir`` is safe for them."""
         return OutputPaths.for_input(path, self.options.out_dir)
 
     def compute(self, items: list[images.DecodedImage], compiled: bool | None = None):
@@ -316,6 +318,8 @@ class Pipeline:
                     written = write_outputs(files, record_file, protect=item.path)
         except _Stage as failure:
             return ImageResult.failed(item.path, failure.reason, failure.cause)
+        except InputError as exc:  # no safe place for its outputs (outputs.output_base)
+            return ImageResult.failed(item.path, exc.reason, exc)
         except OSError as exc:
             return ImageResult.failed(item.path, _write_failure(exc), exc)
         return ImageResult(item.path, ok=True, record=record, files=written, cams=output.cams[i])

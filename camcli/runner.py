@@ -159,9 +159,11 @@ def decoder(pipeline: Pipeline, inputs: Inputs):
     size = tuple(loaded.input_size)
 
     def decode(path: Path, data: bytes | None = None):
-        if inputs.skip_existing and is_up_to_date(
-            pipeline.paths(path), path, pipeline.fingerprint
-        ):
+        try:  # first: an input with no safe place for its outputs is not even read
+            paths = pipeline.paths(path) if pipeline.options.write or inputs.skip_existing else None
+        except InputError as exc:
+            return exc
+        if inputs.skip_existing and is_up_to_date(paths, path, pipeline.fingerprint):
             return SKIPPED
         try:
             with pipeline.stats.time("decode"), native_stderr.decoding(path):

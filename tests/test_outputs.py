@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from camcli import storage
 from camcli.api import OutputOptions
-from camcli.errors import UnknownNameError, UsageError
+from camcli.errors import InputError, UnknownNameError, UsageError
 from camcli.images import discover
 from camcli.labels import imagenet_labels
 from camcli.outputs import (
@@ -115,6 +116,71 @@ def test_out_dir_mirrors_paths_relative_to_the_current_folder(tmp_path, monkeypa
     assert outside.record == out / (tmp_path / "elsewhere").relative_to(anchor) / "cat.jpg.cam.json"
     parent = OutputPaths.for_input(Path("../elsewhere/cat.jpg"), out)
     assert parent.record == outside.record
+
+
+HOSTILE_URLS = {
+    "s3://bucket/ok/../../../../tmp/x/victim/evil.jpg": "a '..' segment",
+    "http://127.0.0.1:8000/a/../../../tmp/x/y.jpg": "a '..' segment",
+    "s3://bucket/..": "a '..' segment",
+    "http://../x.jpg": "a '..' segment",  # the host itself
+    "s3://bucket/a/./x.jpg": "a '.' segment",  # would share a.jpg's outputs with a/x.jpg
+    "s3://bucket//etc/passwd.jpg": "an empty segment",  # pathlib: out / "/etc" is /etc
+    "s3://bucket/a//x.jpg": "an empty segment",
+    "s3://bucket/a/": "an empty segment",
+    "s3:///x.jpg": "no host or bucket",
+    "gs:///../x.jpg": "no host or bucket",
+    "s3://bucket/a\\..\\..\\x.jpg": "backslash",
+    "s3://bucket/C:\\x.jpg": "backslash",
+    "s3://bucket/a/\x00.jpg": "control character",
+    "s3://bucket/a/b\nc.jpg": "control character",  # urlsplit drops the newline
+    "s3://bucket/a/\t/x.jpg": "control character",
+    "s3://bucket/\x1b[2J.jpg": "control character",
+}
+
+
+@pytest.mark.parametrize("out", [Path("out"), "s3://cams/run/"], ids=["folder", "url"])
+@pytest.mark.parametrize("url", list(HOSTILE_URLS))
+def test_keys_that_cannot_stay_under_out_dir_fail_with_the_reason(url, out, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    location = storage.location(url)
+    with pytest.raises(InputError) as failure:
+        OutputPaths.for_input(location, storage.location(out))
+    assert failure.value.path == str(location)
+    assert HOSTILE_URLS[url] in failure.value.reason
+    assert "--out-dir" in failure.value.reason and "\n" not in failure.value.reason
+
+
+ODD_BUT_SAFE = [
+    "s3://bucket/...jpg", "s3://bucket/..x/x..jpg", "s3://bucket/a%2F..%2F..%2Fx.jpg",
+    "http://127.0.0.1:8000/%2e%2e/%2e%2e/x.jpg", "s3://bucket/ünï cödé/ 𝔁.jpg",
+    "s3://bucket/~/x.jpg", "s3://bucket/a/-rf.jpg", "http://[::1]:8000/x.jpg",
+]
+
+
+@pytest.mark.parametrize("url", ODD_BUT_SAFE)
+def test_odd_keys_are_mirrored_strictly_inside_out_dir(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    paths = OutputPaths.for_input(storage.location(url), Path("out"))
+    for path in (paths.record, paths.overlay(1, "x", True), paths.heatmap(1, "x", False)):
+        resolved = (tmp_path / path).resolve()  # what the kernel would open
+        assert resolved.is_relative_to(out) and resolved.parent != out.parent
+    remote = OutputPaths.for_input(storage.location(url), storage.location("s3://cams/run/"))
+    assert str(remote.record).startswith("s3://cams/run/")
+    assert ".." not in str(remote.record).removeprefix("s3://cams/run/").split("/")
+
+
+def test_local_inputs_always_map_inside_out_dir(tmp_path, monkeypatch):
+    """Local paths are normalised before they are mirrored: ``..`` and ``.`` are resolved
+    lexically, from the current folder or the root, so nothing can climb out of out/."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    out = tmp_path / "work" / "out"
+    for name in ("../../../../etc/x.jpg", "/x.jpg", "a/../../b/./x.jpg", "//double/x.jpg",
+                 "a\\..\\..\\x.jpg"):
+        record = OutputPaths.for_input(Path(name), Path("out")).record
+        assert (Path.cwd() / record).resolve().is_relative_to(out), name
 
 
 # --------------------------------------------------------------------------- atomic writes
