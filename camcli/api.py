@@ -155,9 +155,10 @@ class Explainer:
             **options.settings(),
         }
 
-    def pipeline(self, options: OutputOptions | None = None, stats: RunStats | None = None):
+    def pipeline(self, options: OutputOptions | None = None, stats: RunStats | None = None,
+                 stop: threading.Event | None = None):
         """The batch core for this explainer and these output options."""
-        return Pipeline(self, options, stats)
+        return Pipeline(self, options, stats, stop)
 
     def run(
         self,
@@ -187,7 +188,8 @@ class Explainer:
         inputs = Inputs(
             tuple(paths), recursive, stdin, max_pixels, skip_existing, shard, storage_options
         )
-        return run_local(self.pipeline(options, stats), inputs, self.batch_size, workers, stop)
+        pipeline = self.pipeline(options, stats, stop)
+        return run_local(pipeline, inputs, self.batch_size, workers, stop)
 
 
 def check_options(options: dict) -> None:

@@ -16,13 +16,17 @@ hidden ``.cat.jpg.cam.lock`` files that exist while a run writes an input's outp
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import posixpath
 import re
+import stat
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -177,36 +181,98 @@ def atomic_write(path: Path, data: bytes, protect: Path | None = None) -> None:
     replace_atomically(path, data)
 
 
+#: How often a run waiting for another run's lock on an output set looks again (seconds).
+LOCK_POLL_SECONDS = 0.05
+
+
+def lock_path(record: Path) -> Path:
+    """The hidden ``.<input>.cam.lock`` beside ``record`` that :func:`locked` takes."""
+    return record.with_name(f".{record.name.removesuffix('.json')}.lock")
+
+
 @contextlib.contextmanager
-def locked(record: Path, first: Path | None = None):
+def locked(record: Path, first: Path | None = None, stop: threading.Event | None = None):
     """Hold an exclusive lock on the output set of ``record``, across processes and threads.
 
     Two runs writing the same outputs (a rerun while one is going, overlapping shards) take
     turns per input, so a record never names another run's files. The lock is ``flock`` on a
     hidden ``.<input>.cam.lock`` beside the record, which the holder deletes before releasing
-    it; a waiter that then holds the lock of a deleted file tries again on the new one. When
-    the lock file cannot be made (a read-only folder), the error names ``first``, the first
-    output that was to be written.
+    it; a waiter that then holds the lock of a deleted file tries again on the new one. The
+    lock file is never followed through a symbolic link and must be a regular file. Waiting
+    is a poll, so setting ``stop`` (SIGINT/SIGTERM) ends it with :class:`InterruptedError`.
+    Errors name ``first``, the first output that was to be written, not the lock file.
     """
-    path = record.with_name(f".{record.name.removesuffix('.json')}.lock")
+    path = lock_path(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
+        fd = _open_lock(path, first or record)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_UMASK)
-        except OSError as exc:  # name an output, not the lock file
-            raise OSError(exc.errno, exc.strerror, str(first or record)) from exc
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
+            _wait_for(fd, stop, first or record)
+            if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
                 break
         except FileNotFoundError:
             pass
+        except BaseException:
+            os.close(fd)
+            raise
         os.close(fd)
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
+        os.close(fd)
+
+
+def _open_lock(path: Path, output: Path) -> int:
+    """The lock file's descriptor: created if missing, never through a symlink, regular."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o666 & ~_UMASK)
+    except OSError as exc:  # name an output, not the lock file
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, f"its lock file {path.name} is a symbolic link (refused)",
+                          str(output)) from exc
+        raise OSError(exc.errno, exc.strerror, str(output)) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"its lock file {path.name} is not a regular file (refused)",
+                      str(output))
+    return fd
+
+
+def _wait_for(fd: int, stop: threading.Event | None, output: Path) -> None:
+    """``flock(fd, LOCK_EX)``, polled, so a signal's ``stop`` can end the wait."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if stop is not None and stop.is_set():
+            raise InterruptedError(errno.EINTR, "interrupted while another run held its lock",
+                                   str(output))
+        time.sleep(LOCK_POLL_SECONDS)
+
+
+def remove_stale_lock(record: Path) -> None:
+    """Remove ``record``'s lock file when no run holds it: what a killed run left behind (an
+    input that is skipped later would otherwise keep it for ever). Taken and removed as
+    :func:`locked` does, so a run that waits on it tries again on a new one; a symlink or
+    other non-regular file there is left alone (:func:`locked` refuses it)."""
+    path = lock_path(record)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # none (the usual case), a symlink, or not ours to open
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
+                os.unlink(path)
+    except OSError:  # held by a live run (BlockingIOError), or already gone
+        pass
+    finally:
         os.close(fd)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from camcli import images, native_stderr, storage
 from camcli.errors import InputError, OutputsFullError
-from camcli.outputs import is_up_to_date
+from camcli.outputs import is_up_to_date, remove_stale_lock
 from camcli.pipeline import EAGER_MAX_IMAGES, ImageResult, Pipeline
 from camcli.sharding import Shard, select
 
@@ -164,6 +164,8 @@ def decoder(pipeline: Pipeline, inputs: Inputs):
         except InputError as exc:
             return exc
         if inputs.skip_existing and is_up_to_date(paths, path, pipeline.fingerprint):
+            if not storage.is_url(paths.record):  # what a killed run may have left
+                remove_stale_lock(paths.record)
             return SKIPPED
         try:
             with pipeline.stats.time("decode"), native_stderr.decoding(path):

@@ -8,14 +8,26 @@ goes on, and nothing may be written outside the places camcli owns.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import SMALL_MODEL, WARNING, offline_env, run_all
+from cli_helpers import (
+    SMALL_MODEL,
+    WARNING,
+    Started,
+    hold_flock,
+    offline_env,
+    run_all,
+    run_explain,
+)
 from PIL import Image
 
 
@@ -124,3 +136,73 @@ def test_object_keys_and_urls_never_write_outside_out_dir(s3_server, web, tmp_pa
     pages = client.get_paginator("list_objects_v2").paginate(Bucket="hostile-out")
     keys = {o["Key"] for page in pages for o in page.get("Contents", [])}
     assert keys == {"run/127.0.0.1/fine.jpg.cam.json", "run/127.0.0.1/fine.jpg.cam.png"}
+
+
+# --------------------------------------------------------------------------- lock files
+
+
+def _photo(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_jpeg(seed))
+    return path
+
+
+def _opened(pid: int, path: Path) -> bool:
+    """True when process ``pid`` has ``path`` open."""
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir() if fds.exists() else ():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path):
+                return True
+    return False
+
+
+def test_lock_files_are_not_followed_and_waits_end_on_sigterm(tmp_path):
+    """A dangling symlink as a lock file creates nothing; a symlink to a file held under
+    flock does not make the run wait; a lock another process holds is waited for only until
+    SIGTERM; the stale empty lock a SIGKILLed run left is removed by the next run."""
+    for i, name in enumerate(("good", "dangling", "to-held", "waits")):
+        _photo(tmp_path / "in" / f"{name}.jpg", seed=i)
+    victim = tmp_path / "victim"
+    (tmp_path / "in/.dangling.jpg.cam.lock").symlink_to(victim)
+    held = tmp_path / "held"
+    (tmp_path / "in/.to-held.jpg.cam.lock").symlink_to(held)
+    holders = [hold_flock(held), hold_flock(tmp_path / "in/.waits.jpg.cam.lock")]
+    try:
+        links = Started(["in/good.jpg", "in/dangling.jpg", "in/to-held.jpg", *SMALL_MODEL],
+                        tmp_path)
+        waiting = Started(["in/waits.jpg", *SMALL_MODEL], tmp_path)
+        deadline = time.monotonic() + 120
+        while not _opened(waiting.process.pid, tmp_path / "in/.waits.jpg.cam.lock"):
+            assert waiting.process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)  # it waits for the lock now
+        waiting.process.send_signal(signal.SIGTERM)
+        stopped = waiting.result(timeout=30)  # the old code waited for ever
+        refused = links.result()
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+    assert stopped.returncode == 130, stopped.stderr
+    assert _lines(stopped.stderr)[:-1] == [
+        "in/waits.jpg: cannot write outputs in/waits.jpg.cam.png: interrupted while another "
+        "run held its lock"]
+    assert "interrupted: 0 done, 1 failed" in stopped.stderr.splitlines()[-1]
+
+    assert refused.returncode == 1, refused.stderr
+    assert _lines(refused.stderr)[:-1] == [
+        f"in/{name}.jpg: cannot write outputs in/{name}.jpg.cam.png: its lock file "
+        f".{name}.jpg.cam.lock is a symbolic link (refused)" for name in ("dangling", "to-held")
+    ]
+    assert not victim.exists() and held.read_bytes() == b""
+    assert (tmp_path / "in/good.jpg.cam.json").is_file()
+
+    # A run SIGKILLed after writing good.jpg's outputs left its lock: the next run, which
+    # skips good.jpg, removes it instead of leaving it for ever.
+    (tmp_path / "in/.good.jpg.cam.lock").write_bytes(b"")
+    rerun = run_explain(["in/good.jpg", "--skip-existing", *SMALL_MODEL], tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "0 done, 1 skipped, 0 failed" in rerun.stderr.splitlines()[-1]
+    assert sorted(p.name for p in (tmp_path / "in").glob(".good*")) == []

@@ -6,9 +6,12 @@ import hashlib
 import json
 import math
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import hold_flock
 
 from camcli import storage
 from camcli.api import OutputOptions
@@ -19,6 +22,8 @@ from camcli.outputs import (
     OutputPaths,
     atomic_write,
     is_camcli_output,
+    locked,
+    remove_stale_lock,
     settings_fingerprint,
     sha256,
     to_json_bytes,
@@ -243,6 +248,80 @@ def test_temp_files_of_an_interrupted_write_are_not_inputs_on_the_next_run(tmp_p
 
 
 # --------------------------------------------------------------------------- JSON
+
+
+# --------------------------------------------------------------------------- the lock file
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_never_followed(tmp_path):
+    record = tmp_path / "a.jpg.cam.json"
+    target = tmp_path / "elsewhere" / "created-by-camcli"
+    (tmp_path / "elsewhere").mkdir()
+    lock = tmp_path / ".a.jpg.cam.lock"
+    lock.symlink_to(target)  # dangling: the old code created the target
+    with pytest.raises(OSError, match="lock file .a.jpg.cam.lock is a symbolic link") as refused:
+        with locked(record, first=tmp_path / "a.jpg.cam.png"):
+            pass
+    assert refused.value.filename == str(tmp_path / "a.jpg.cam.png")
+    assert not target.exists() and lock.is_symlink()
+
+    held = tmp_path / "held"  # a symlink to a file another process holds: no wait either
+    lock.unlink()
+    lock.symlink_to(held)
+    holder = hold_flock(held)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OSError, match="symbolic link"), locked(record):
+            pass
+        assert time.monotonic() - started < 5
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_file_that_is_not_a_regular_file_is_refused(tmp_path):
+    os.mkfifo(tmp_path / ".a.jpg.cam.lock")
+    with pytest.raises(OSError, match="not a regular file"), locked(tmp_path / "a.jpg.cam.json"):
+        pass
+
+
+def test_waiting_for_a_held_lock_ends_when_the_run_is_stopped(tmp_path):
+    record = tmp_path / "a.jpg.cam.json"
+    holder = hold_flock(tmp_path / ".a.jpg.cam.lock")
+    stop = threading.Event()
+    try:
+        threading.Timer(0.3, stop.set).start()
+        started = time.monotonic()
+        with pytest.raises(InterruptedError, match="interrupted while another run held"):
+            with locked(record, stop=stop):
+                pass
+        assert 0.3 <= time.monotonic() - started < 5
+    finally:
+        holder.kill()
+        holder.wait()
+    with locked(record):  # the holder is gone: taken at once, and removed when done
+        assert (tmp_path / ".a.jpg.cam.lock").is_file()
+    assert not (tmp_path / ".a.jpg.cam.lock").exists()
+
+
+def test_a_stale_lock_is_removed_and_a_live_one_kept(tmp_path):
+    record = tmp_path / "a.jpg.cam.json"
+    lock = tmp_path / ".a.jpg.cam.lock"
+    lock.write_bytes(b"")  # what a SIGKILLed run leaves
+    remove_stale_lock(record)
+    assert not lock.exists()
+    holder = hold_flock(lock)
+    try:
+        remove_stale_lock(record)
+        assert lock.exists()  # a live run's lock
+    finally:
+        holder.kill()
+        holder.wait()
+    lock.unlink()
+    lock.symlink_to(tmp_path / "target")
+    (tmp_path / "target").write_bytes(b"keep")
+    remove_stale_lock(record)
+    assert lock.is_symlink() and (tmp_path / "target").read_bytes() == b"keep"
 
 
 def test_json_bytes_have_sorted_keys_at_every_level():
