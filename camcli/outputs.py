@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from camcli import storage
 from camcli.errors import InputError
+from camcli.limits import DEFAULT_READ_LIMIT
 
 #: The version of the records and ``--json`` lines, written down as a JSON Schema (draft
 #: 2020-12) in ``camcli/data/record.schema.json``: bump both for any change to either.
@@ -324,8 +325,9 @@ def settings_fingerprint(settings: dict) -> str:
 def is_up_to_date(paths: OutputPaths, input_path: Path, fingerprint: str) -> bool:
     """True when ``input_path``'s outputs are complete, newer than it and made the same way.
 
-    The record is written last and names every other output, so a readable record with the
-    same settings fingerprint whose files all exist means the earlier run finished this input.
+    The record is written last and names every other output with its sha256, so a readable
+    record with the same settings fingerprint whose files all hold the bytes it hashed means
+    the earlier run finished this input, and nothing has truncated or changed its files since.
     """
     if storage.is_url(paths.record) or storage.is_url(input_path):
         return _object_up_to_date(paths, input_path, fingerprint)
@@ -333,17 +335,12 @@ def is_up_to_date(paths: OutputPaths, input_path: Path, fingerprint: str) -> boo
         record_stat = paths.record.stat()
         if record_stat.st_mtime < Path(input_path).stat().st_mtime:
             return False
-        record = json.loads(paths.record.read_bytes())
-    except (OSError, ValueError):
+        record = json.loads(_read(paths.record))
+    except (OSError, ValueError, InputError):
         return False
     if not isinstance(record, dict) or record.get("settings_fingerprint") != fingerprint:
         return False
-    folder = paths.record.parent
-    for entry in record.get("explanations", []):
-        for key in ("overlay", "heatmap"):
-            if entry.get(key) and not (folder / entry[key]).is_file():
-                return False
-    return True
+    return _outputs_intact(paths.record.parent, record)
 
 
 def _object_up_to_date(paths: OutputPaths, input_path, fingerprint: str) -> bool:
@@ -360,18 +357,39 @@ def _object_up_to_date(paths: OutputPaths, input_path, fingerprint: str) -> bool
             return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError, storage.InputError):
         return False
-    folder = paths.record.parent
-    return all(
-        _exists(folder / entry[key])
-        for entry in record.get("explanations", [])
-        for key in ("overlay", "heatmap")
-        if entry.get(key)
-    )
+    return _outputs_intact(paths.record.parent, record)
 
 
-def _read(location) -> bytes:
-    return storage.read_bytes(location) if storage.is_url(location) else location.read_bytes()
+def _outputs_intact(folder, record: dict) -> bool:
+    """Every file ``record`` names beside it holds the bytes whose sha256 it names."""
+    try:
+        return all(
+            _holds(folder, entry[key], entry[f"{key}_sha256"])
+            for entry in record.get("explanations", [])
+            for key in ("overlay", "heatmap")
+            if entry.get(key)
+        )
+    except (KeyError, TypeError, AttributeError):  # not a record camcli wrote
+        return False
 
 
-def _exists(location) -> bool:
-    return storage.exists(location) if storage.is_url(location) else location.is_file()
+def _holds(folder, name, digest) -> bool:
+    if not isinstance(name, str) or "/" in name or name in (".", ".."):
+        return False  # a record names files beside it, nothing else
+    try:
+        return sha256(_read(folder / name, OUTPUT_READ_LIMIT)) == digest
+    except (OSError, InputError):
+        return False
+
+
+#: A record is a few kilobytes; a larger "record" (or a FIFO named like one) is not trusted.
+RECORD_READ_LIMIT = 16 << 20
+#: An overlay or map read back to check its hash (a full-resolution PNG of a huge photo).
+OUTPUT_READ_LIMIT = DEFAULT_READ_LIMIT
+
+
+def _read(location, limit: int = RECORD_READ_LIMIT) -> bytes:
+    """An output's bytes: bounded, and never from a FIFO or device (it would hang the run)."""
+    if storage.is_url(location):
+        return storage.read_bytes(location, limit)
+    return storage.read_file(location, limit)

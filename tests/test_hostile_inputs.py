@@ -9,8 +9,10 @@ goes on, and nothing may be written outside the places camcli owns.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
 import io
+import json
 import os
 import signal
 import threading
@@ -157,23 +159,23 @@ def _opened(pid: int, path: Path) -> bool:
     return False
 
 
-def test_lock_files_are_not_followed_and_waits_end_on_sigterm(tmp_path):
-    """A dangling symlink as a lock file creates nothing; a symlink to a file held under
-    flock does not make the run wait; a lock another process holds is waited for only until
-    SIGTERM; the stale empty lock a SIGKILLed run left is removed by the next run."""
-    for i, name in enumerate(("good", "dangling", "to-held", "waits")):
-        _photo(tmp_path / "in" / f"{name}.jpg", seed=i)
-    victim = tmp_path / "victim"
-    (tmp_path / "in/.dangling.jpg.cam.lock").symlink_to(victim)
-    held = tmp_path / "held"
-    (tmp_path / "in/.to-held.jpg.cam.lock").symlink_to(held)
-    holders = [hold_flock(held), hold_flock(tmp_path / "in/.waits.jpg.cam.lock")]
+@pytest.fixture(scope="module")
+def lock_runs(tmp_path_factory):
+    """Two runs at once: one over inputs whose lock files are symlinks (dangling, and to a
+    file another process holds under flock) beside three ordinary inputs; one over an input
+    whose lock another process holds, sent SIGTERM while it waits."""
+    root = tmp_path_factory.mktemp("locks")
+    for i, name in enumerate(("good", "other", "third", "dangling", "to-held", "waits")):
+        _photo(root / "in" / f"{name}.jpg", seed=i)
+    (root / "in/.dangling.jpg.cam.lock").symlink_to(root / "victim")
+    (root / "in/.to-held.jpg.cam.lock").symlink_to(root / "held")
+    holders = [hold_flock(root / "held"), hold_flock(root / "in/.waits.jpg.cam.lock")]
     try:
-        links = Started(["in/good.jpg", "in/dangling.jpg", "in/to-held.jpg", *SMALL_MODEL],
-                        tmp_path)
-        waiting = Started(["in/waits.jpg", *SMALL_MODEL], tmp_path)
+        names = ("good", "other", "third", "dangling", "to-held")
+        links = Started([*(f"in/{name}.jpg" for name in names), *SMALL_MODEL], root)
+        waiting = Started(["in/waits.jpg", *SMALL_MODEL], root)
         deadline = time.monotonic() + 120
-        while not _opened(waiting.process.pid, tmp_path / "in/.waits.jpg.cam.lock"):
+        while not _opened(waiting.process.pid, root / "in/.waits.jpg.cam.lock"):
             assert waiting.process.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
         time.sleep(0.5)  # it waits for the lock now
@@ -184,25 +186,118 @@ def test_lock_files_are_not_followed_and_waits_end_on_sigterm(tmp_path):
         for holder in holders:
             holder.kill()
             holder.wait()
+    return root, refused, stopped
 
+
+def test_a_lock_wait_ends_on_sigterm(lock_runs):
+    _, _, stopped = lock_runs
     assert stopped.returncode == 130, stopped.stderr
     assert _lines(stopped.stderr)[:-1] == [
         "in/waits.jpg: cannot write outputs in/waits.jpg.cam.png: interrupted while another "
         "run held its lock"]
     assert "interrupted: 0 done, 1 failed" in stopped.stderr.splitlines()[-1]
 
+
+def test_lock_files_that_are_symlinks_are_refused_not_followed(lock_runs):
+    root, refused, _ = lock_runs
     assert refused.returncode == 1, refused.stderr
     assert _lines(refused.stderr)[:-1] == [
         f"in/{name}.jpg: cannot write outputs in/{name}.jpg.cam.png: its lock file "
         f".{name}.jpg.cam.lock is a symbolic link (refused)" for name in ("dangling", "to-held")
     ]
-    assert not victim.exists() and held.read_bytes() == b""
-    assert (tmp_path / "in/good.jpg.cam.json").is_file()
+    assert "3 done, 2 failed" in refused.stderr.splitlines()[-1]
+    assert not (root / "victim").exists() and (root / "held").read_bytes() == b""
 
-    # A run SIGKILLed after writing good.jpg's outputs left its lock: the next run, which
-    # skips good.jpg, removes it instead of leaving it for ever.
-    (tmp_path / "in/.good.jpg.cam.lock").write_bytes(b"")
-    rerun = run_explain(["in/good.jpg", "--skip-existing", *SMALL_MODEL], tmp_path)
+
+def test_skip_existing_redoes_altered_outputs_and_removes_a_stale_lock(lock_runs):
+    """--skip-existing skips an input only while its outputs hold the bytes its record hashed:
+    a truncated overlay, or one changed in place, is redone. The empty lock a SIGKILLed run
+    left beside a finished input is removed by the next run, which skips that input."""
+    root, _, _ = lock_runs
+    folder = root / "in"
+    intact = (folder / "good.jpg.cam.png").read_bytes()
+    other = folder / "other.jpg.cam.png"
+    other.write_bytes(other.read_bytes()[:-100])  # truncated
+    third = folder / "third.jpg.cam.png"
+    changed = bytearray(third.read_bytes())
+    changed[len(changed) // 2] ^= 0xFF  # same size, one byte changed
+    third.write_bytes(bytes(changed))
+    (folder / ".good.jpg.cam.lock").write_bytes(b"")
+    rerun = run_explain(["in/good.jpg", "in/other.jpg", "in/third.jpg", "--skip-existing",
+                         *SMALL_MODEL], root)
     assert rerun.returncode == 0, rerun.stderr
-    assert "0 done, 1 skipped, 0 failed" in rerun.stderr.splitlines()[-1]
-    assert sorted(p.name for p in (tmp_path / "in").glob(".good*")) == []
+    assert "2 done, 1 skipped, 0 failed" in rerun.stderr.splitlines()[-1]
+    assert (folder / "good.jpg.cam.png").read_bytes() == intact
+    for name in ("good", "other", "third"):  # every record names its files' bytes again
+        record = json.loads((folder / f"{name}.jpg.cam.json").read_bytes())
+        (entry,) = record["explanations"]
+        digest = hashlib.sha256((folder / entry["overlay"]).read_bytes()).hexdigest()
+        assert digest == entry["overlay_sha256"], name
+    left = [p.name for name in ("good", "other", "third") for p in folder.glob(f".{name}.*")]
+    assert left == []  # no lock, no temporary file
+
+
+# --------------------------------------------------------------------------- endless inputs, names
+
+
+TITLE = "\x1b]0;pwned\x07\x1b[2Jtitle.jpg"  # retitles the window, clears the screen
+FORGED = "x\ncamcli: 7 done, 0 failed in 0.1s (70.00 images.s)\n.jpg"  # a fake summary line
+LIMIT = 300_000
+
+
+@pytest.fixture(scope="module")
+def hostile_runs(web, tmp_path_factory):
+    """One folder of hostile inputs explained twice at once: following symlinks (the default),
+    with an endless web page and a small --max-input-bytes; and with --no-follow-symlinks."""
+    root = tmp_path_factory.mktemp("hostile")
+    _photo(root / "in/good.jpg", seed=1)
+    _photo(root / "outside/away.jpg", seed=2)
+    (root / "in/linked").symlink_to(root / "outside")  # a folder out of the tree
+    (root / "in/zero.jpg").symlink_to("/dev/zero")
+    os.mkfifo(root / "in/pipe.jpg")  # nobody ever writes to it
+    (root / "in/big.jpg").write_bytes(_jpeg(3) + bytes(LIMIT))
+    for name in (TITLE, FORGED):
+        (root / "in" / name).write_bytes(b"not an image")
+    endless = f"{web.url}/endless.jpg"
+    following, inside = run_all([
+        ["explain", *SMALL_MODEL, "in", endless, "-r", "-o", "out", "--max-input-bytes",
+         str(LIMIT)],
+        ["explain", *SMALL_MODEL, "in", "-r", "-o", "inside", "--no-follow-symlinks"],
+    ], root, timeout=120)  # the old code never finished (the FIFO), or ran out of memory
+    return root, endless, following, inside
+
+
+def test_devices_fifos_endless_pages_and_big_files_fail_with_why(hostile_runs, web):
+    root, endless, run, _ = hostile_runs
+    assert run.returncode == 1, run.stderr
+    failures = _lines(run.stderr)[:-1]
+    assert "2 done, 6 failed" in run.stderr.splitlines()[-1]  # good and away, none of the rest
+    too_large = f"larger than the read limit of {LIMIT:,} bytes (--max-input-bytes)"
+    assert {
+        "in/zero.jpg: not a regular file but a character device: not read",
+        "in/pipe.jpg: not a regular file but a named pipe (FIFO): not read",
+        f"in/big.jpg: {too_large}",
+        f"{endless}: {too_large}",
+    } <= set(failures)
+    assert web.endless_stopped.wait(10)  # camcli hung up on the endless body
+
+
+def test_names_with_terminal_escapes_are_printed_escaped(hostile_runs):
+    _, _, run, _ = hostile_runs
+    assert "\x1b" not in run.stderr and "\x07" not in run.stderr
+    failures = _lines(run.stderr)[:-1]
+    assert len(failures) == 6  # one line per failed input: no forged line
+    assert "in/\\x1b]0;pwned\\x07\\x1b[2Jtitle.jpg: not an image file Pillow can read" in failures
+    assert ("in/x\\ncamcli: 7 done, 0 failed in 0.1s (70.00 images.s)\\n.jpg: not an image "
+            "file Pillow can read") in failures
+    assert not any(line.startswith("camcli: 7 done") for line in run.stderr.splitlines())
+
+
+def test_no_follow_symlinks_stays_inside_the_tree(hostile_runs):
+    root, _, following, inside = hostile_runs
+    assert (root / "out/in/linked/away.jpg.cam.json").is_file()  # -r alone follows the link
+    assert inside.returncode == 1, inside.stderr
+    # zero.jpg and linked/ are links: not taken; big.jpg is a JPEG with trailing bytes
+    assert "2 done, 3 failed" in inside.stderr.splitlines()[-1]
+    records = sorted(p.name for p in (root / "inside").rglob("*.cam.json"))
+    assert records == ["big.jpg.cam.json", "good.jpg.cam.json"]

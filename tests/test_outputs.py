@@ -423,3 +423,40 @@ def test_every_kind_of_line_is_one_of_the_schema_and_old_shapes_are_not():
     for line in refused:
         assert schema_errors(line), line
     assert schema_errors({**record, "ok": True}, "record_file")
+
+
+# --------------------------------------------------------------------------- --skip-existing
+
+
+def test_outputs_count_as_done_only_while_they_hold_the_bytes_the_record_hashed(tmp_path):
+    from camcli.outputs import is_up_to_date
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"the input")
+    paths = OutputPaths.for_input(image)
+    overlay, heatmap = paths.overlay(1, "x", False), paths.heatmap(1, "x", False)
+    overlay.write_bytes(b"overlay bytes")
+    heatmap.write_bytes(b"map bytes")
+    entry = {"overlay": overlay.name, "overlay_sha256": sha256(b"overlay bytes"),
+             "heatmap": heatmap.name, "heatmap_sha256": sha256(b"map bytes")}
+    record = {"settings_fingerprint": "f", "explanations": [entry]}
+
+    def done(**changes) -> bool:
+        paths.record.write_bytes(to_json_bytes({**record, "explanations": [{**entry, **changes}]}))
+        os.utime(image, (1, 1))  # older than the record
+        return is_up_to_date(paths, image, "f")
+
+    assert done()
+    overlay.write_bytes(b"overlay byt")  # truncated
+    assert not done()
+    overlay.write_bytes(b"overlay bytez")  # same size, changed
+    assert not done()
+    overlay.write_bytes(b"overlay bytes")
+    heatmap.unlink()
+    assert not done()
+    heatmap.write_bytes(b"map bytes")
+    assert done()
+    assert not done(overlay="../a.jpg.cam.png")  # a record names files beside it only
+    assert not done(overlay_sha256=None)
+    os.mkfifo(tmp_path / "fifo.png")
+    assert not done(overlay="fifo.png")  # refused at once, never waited on
