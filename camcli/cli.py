@@ -424,11 +424,13 @@ def layers(
         return
     from rich.table import Table
 
-    table = Table(title=f"{loaded.name}: {len(rows)} layers with 4-D outputs", title_justify="left")
+    title = printable(f"{loaded.name}: {len(rows)} layers with 4-D outputs")
+    table = Table(title=title, title_justify="left")
     for column in ("", "layer", "output (h, w, c)"):
         table.add_column(column)
     for row in rows:
-        table.add_row("*" if row["default"] else "", row["layer"], str(tuple(row["shape"])))
+        shape = str(tuple(row["shape"]))
+        table.add_row("*" if row["default"] else "", printable(row["layer"]), shape)
     _console().print(table)
 
 
