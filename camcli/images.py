@@ -158,10 +158,12 @@ def read_for_model(
     channels: int = 3,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
+    stop=None,
 ) -> DecodedImage:
     """Read ``path`` and decode it at the model's ``size`` (height, width), or raise InputError.
-    At most :func:`~camcli.limits.read_limit` ``(max_pixels, max_bytes)`` bytes are read."""
-    data = read_bytes(path, read_limit(max_pixels, max_bytes))
+    At most :func:`~camcli.limits.read_limit` ``(max_pixels, max_bytes)`` bytes are read;
+    ``stop`` (SIGINT/SIGTERM) ends a read that waits on a web server."""
+    data = read_bytes(path, read_limit(max_pixels, max_bytes), stop)
     return decode_for_model(path, data, size, channels, max_pixels, max_bytes)
 
 
@@ -197,12 +199,12 @@ def decode_for_model(
     return DecodedImage(path=path, data=data, size=upright, pixels=pixels)
 
 
-def read_bytes(path: Path | storage.Url, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+def read_bytes(path: Path | storage.Url, limit: int = DEFAULT_READ_LIMIT, stop=None) -> bytes:
     """The input's bytes, at most ``limit`` of them, or an InputError saying why not: a local
     file through :func:`camcli.storage.read_file` (regular files only), a URL through
-    :func:`camcli.storage.read_bytes`."""
+    :func:`camcli.storage.read_bytes` (which gives up when ``stop`` is set)."""
     if isinstance(path, storage.Url):
-        return storage.read_bytes(path, limit)
+        return storage.read_bytes(path, limit, stop)
     return storage.read_file(path, limit)
 
 

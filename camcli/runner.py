@@ -176,7 +176,8 @@ def decoder(pipeline: Pipeline, inputs: Inputs):
             with pipeline.stats.time("decode"), native_stderr.decoding(path):
                 limits = (inputs.max_pixels, inputs.max_bytes)
                 if data is None:
-                    return images.read_for_model(path, size, loaded.channels, *limits)
+                    return images.read_for_model(path, size, loaded.channels, *limits,
+                                                 stop=pipeline.stop)
                 return images.decode_for_model(path, data, size, loaded.channels, *limits)
         except InputError as exc:
             return exc

@@ -428,12 +428,13 @@ def _walk(fs, prefix: Url, recursive: bool) -> Iterator[list[Url]]:
 HTTP_CHUNK = 1 << 16
 
 
-def read_bytes(url: Url, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+def read_bytes(url: Url, limit: int = DEFAULT_READ_LIMIT, stop=None) -> bytes:
     """The object's bytes (after the backend's own retries), or an InputError saying why.
 
     At most ``limit`` bytes are fetched: more is an InputError. An object the listing says is
     larger is refused without a request; an object store is asked for a byte range; a web
-    page is streamed and dropped as soon as it passes the limit (an endless body included).
+    page is streamed and dropped as soon as it passes the limit (an endless body included),
+    or as soon as ``stop`` (a :class:`threading.Event`: SIGINT/SIGTERM) is set.
     """
     size = (url.info or {}).get("size")
     if isinstance(size, int) and size > limit:
@@ -441,10 +442,10 @@ def read_bytes(url: Url, limit: int = DEFAULT_READ_LIMIT) -> bytes:
     try:
         fs = filesystem(url)
         if url.protocol in ("http", "https"):
-            data = _stream_http(fs, url, limit)
+            data = _stream_http(fs, url, limit, stop)
         else:
             data = fs.cat_file(url.text, start=0, end=limit + 1)
-    except UsageError:
+    except (UsageError, InputError):
         raise
     except Exception as exc:
         if not _unsatisfiable(exc):
@@ -464,10 +465,16 @@ def _unsatisfiable(exc: BaseException) -> bool:
         "invalidrange" in text)
 
 
-def _stream_http(fs, url: Url, limit: int) -> bytes | None:
+#: How often a read waiting on a web server looks at the run's stop event (seconds).
+STOP_POLL_SECONDS = 0.1
+
+
+def _stream_http(fs, url: Url, limit: int, stop=None) -> bytes | None:
     """GET ``url`` through fsspec's session, reading at most ``limit`` + 1 bytes: the bytes,
-    or None when the body is longer (the connection is then dropped)."""
-    from fsspec.asyn import sync
+    or None when the body is longer (the connection is then dropped). A server that stalls
+    holds the read only until ``stop`` is set: then the request is cancelled."""
+    import asyncio
+    import concurrent.futures
 
     async def get():
         session = await fs.set_session()
@@ -485,7 +492,12 @@ def _stream_http(fs, url: Url, limit: int) -> bytes | None:
                     return None
             return bytes(data)
 
-    return sync(fs.loop, get)
+    pending = asyncio.run_coroutine_threadsafe(get(), fs.loop)
+    while not concurrent.futures.wait([pending], timeout=STOP_POLL_SECONDS).done:
+        if stop is not None and stop.is_set():
+            pending.cancel()  # closes the connection in fsspec's event loop
+            raise InputError(url, "interrupted while reading (the run was stopped)")
+    return pending.result()
 
 
 def exists(url: Url) -> bool:

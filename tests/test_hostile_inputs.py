@@ -51,11 +51,14 @@ def _written(root: Path) -> set[Path]:
 
 class _AnyJpeg(http.server.BaseHTTPRequestHandler):
     """Every ``*.jpg`` path is a small JPEG (as a server that normalises ``..`` away would
-    answer); ``/endless.jpg`` streams a JPEG header and then zeros until the client leaves."""
+    answer); ``/endless.jpg`` streams a JPEG header and then zeros until the client leaves;
+    ``/stall.jpg`` sends 100 of its 5000 bytes, then nothing until the module ends."""
 
     def do_GET(self):
         if self.path.endswith("/endless.jpg"):
             return self._endless()
+        if self.path.endswith("/stall.jpg"):
+            return self._stall()
         body = _jpeg(3)
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -74,6 +77,15 @@ class _AnyJpeg(http.server.BaseHTTPRequestHandler):
         except OSError:  # the client hung up: what a bounded read does
             self.server.endless_stopped.set()
 
+    def _stall(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "5000")
+        self.end_headers()
+        self.wfile.write(_jpeg(5)[:100])
+        self.wfile.flush()
+        self.server.stall_started.set()
+        self.server.stopping.wait(120)
+
     def log_message(self, *args):
         pass
 
@@ -84,7 +96,7 @@ def web():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnyJpeg)
     server.daemon_threads = True
     server.stopping, server.endless_started = threading.Event(), threading.Event()
-    server.endless_stopped = threading.Event()
+    server.endless_stopped, server.stall_started = threading.Event(), threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -160,25 +172,29 @@ def _opened(pid: int, path: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def lock_runs(tmp_path_factory):
+def lock_runs(tmp_path_factory, web):
     """Two runs at once: one over inputs whose lock files are symlinks (dangling, and to a
     file another process holds under flock) beside three ordinary inputs; one over an input
-    whose lock another process holds, sent SIGTERM while it waits."""
+    whose lock another process holds and a web page that stalls, sent SIGTERM while it waits
+    for both."""
     root = tmp_path_factory.mktemp("locks")
     for i, name in enumerate(("good", "other", "third", "dangling", "to-held", "waits")):
         _photo(root / "in" / f"{name}.jpg", seed=i)
     (root / "in/.dangling.jpg.cam.lock").symlink_to(root / "victim")
     (root / "in/.to-held.jpg.cam.lock").symlink_to(root / "held")
-    holders = [hold_flock(root / "held"), hold_flock(root / "in/.waits.jpg.cam.lock")]
+    lock = root / "out/in/.waits.jpg.cam.lock"
+    lock.parent.mkdir(parents=True)
+    holders = [hold_flock(root / "held"), hold_flock(lock)]
     try:
         names = ("good", "other", "third", "dangling", "to-held")
         links = Started([*(f"in/{name}.jpg" for name in names), *SMALL_MODEL], root)
-        waiting = Started(["in/waits.jpg", *SMALL_MODEL], root)
+        waiting = Started(["in/waits.jpg", f"{web.url}/stall.jpg", "-o", "out", "--batch-size",
+                           "1", *SMALL_MODEL], root)  # waits.jpg is written while stall.jpg reads
         deadline = time.monotonic() + 120
-        while not _opened(waiting.process.pid, root / "in/.waits.jpg.cam.lock"):
+        while not (_opened(waiting.process.pid, lock) and web.stall_started.is_set()):
             assert waiting.process.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
-        time.sleep(0.5)  # it waits for the lock now
+        time.sleep(0.5)  # it waits for the lock and for the web page now
         waiting.process.send_signal(signal.SIGTERM)
         stopped = waiting.result(timeout=30)  # the old code waited for ever
         refused = links.result()
@@ -189,12 +205,14 @@ def lock_runs(tmp_path_factory):
     return root, refused, stopped
 
 
-def test_a_lock_wait_ends_on_sigterm(lock_runs):
+def test_waits_for_a_lock_or_a_stalled_web_page_end_on_sigterm(lock_runs):
     _, _, stopped = lock_runs
     assert stopped.returncode == 130, stopped.stderr
+    # stall.jpg was being read, not yet an input in flight: it is dropped, not reported
     assert _lines(stopped.stderr)[:-1] == [
-        "in/waits.jpg: cannot write outputs in/waits.jpg.cam.png: interrupted while another "
-        "run held its lock"]
+        "in/waits.jpg: cannot write outputs out/in/waits.jpg.cam.png: interrupted while "
+        "another run held its lock",
+    ]
     assert "interrupted: 0 done, 1 failed" in stopped.stderr.splitlines()[-1]
 
 
