@@ -17,9 +17,9 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069
 
 
 def printable(text: str) -> str:
-    """``text`` as one safe terminal line: every control character written as an escape
-    (``\\x1b``, ``\\n``, ``\\u202e``), so a file name can neither drive the terminal nor forge
-    a line. The one place every line camcli prints goes through."""
+    """``text`` as one safe line: every control character written as an escape (``\\x1b``,
+    ``\\x0a``, ``\\u202e``), so a file name can neither drive the terminal nor forge a line.
+    The one place every line camcli prints goes through (and the audit's Markdown)."""
     return _CONTROL.sub(_escape, str(text))
 
 
@@ -30,9 +30,7 @@ def printable_lines(text: str) -> str:
 
 def _escape(match: re.Match) -> str:
     code = ord(match.group())
-    return {9: "\\t", 10: "\\n", 13: "\\r"}.get(code) or (
-        f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-    )
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class ExitStatus(enum.IntEnum):

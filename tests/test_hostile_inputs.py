@@ -306,8 +306,8 @@ def test_names_with_terminal_escapes_are_printed_escaped(hostile_runs):
     failures = _lines(run.stderr)[:-1]
     assert len(failures) == 6  # one line per failed input: no forged line
     assert "in/\\x1b]0;pwned\\x07\\x1b[2Jtitle.jpg: not an image file Pillow can read" in failures
-    assert ("in/x\\ncamcli: 7 done, 0 failed in 0.1s (70.00 images.s)\\n.jpg: not an image "
-            "file Pillow can read") in failures
+    assert ("in/x\\x0acamcli: 7 done, 0 failed in 0.1s (70.00 images.s)\\x0a.jpg: not an "
+            "image file Pillow can read") in failures
     assert not any(line.startswith("camcli: 7 done") for line in run.stderr.splitlines())
 
 
