@@ -15,6 +15,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import (
+    CAMCLI,
     SMALL_MODEL,
     WARNING,
     Started,
@@ -112,16 +114,32 @@ def web():
 EVIL_KEY = "ok/../../../../tmp/x/victim/evil.jpg"
 
 
-def test_object_keys_and_urls_never_write_outside_out_dir(s3_server, web, tmp_path):
-    """A key with ``..`` segments listed under a prefix, or named as a URL, and an http URL
-    climbing out of its host: each fails with the reason; the good inputs are written under
-    out/ (a folder, or a URL prefix); nothing appears anywhere else."""
+@pytest.fixture(scope="module")
+def hostile_bucket(s3_server):
+    """Bucket ``hostile``: under ok/, one good key, one climbing out with ``..`` and one with
+    an empty segment; bucket ``hostile-out`` for outputs."""
     client = s3_server.client()
     client.create_bucket(Bucket="hostile")
     client.create_bucket(Bucket="hostile-out")
     client.put_object(Bucket="hostile", Key="ok/good.jpg", Body=_jpeg(1))
     client.put_object(Bucket="hostile", Key=EVIL_KEY, Body=_jpeg(2))
     client.put_object(Bucket="hostile", Key="ok//twice.jpg", Body=_jpeg(5))
+    return client
+
+
+LISTED_FAILURES = [
+    f"s3://hostile/{EVIL_KEY}: cannot be mapped under --out-dir: a '..' segment in its key",
+    "s3://hostile/ok//twice.jpg: cannot be mapped under --out-dir: an empty segment (//) "
+    "in its key",
+]
+
+
+def test_object_keys_and_urls_never_write_outside_out_dir(hostile_bucket, s3_server, web,
+                                                           tmp_path):
+    """A key with ``..`` segments listed under a prefix, or named as a URL, and an http URL
+    climbing out of its host: each fails with the reason; the good inputs are written under
+    out/ (a folder, or a URL prefix); nothing appears anywhere else."""
+    client = hostile_bucket
     work = tmp_path / "a" / "b"  # the climbs land in tmp_path, where the test can look
     work.mkdir(parents=True)
     climbing = f"{web.url}/a/../../../tmp/x/y.jpg"
@@ -133,11 +151,7 @@ def test_object_keys_and_urls_never_write_outside_out_dir(s3_server, web, tmp_pa
     ], work)
 
     assert listed.returncode == 1, listed.stderr
-    assert _lines(listed.stderr)[:-1] == [
-        f"s3://hostile/{EVIL_KEY}: cannot be mapped under --out-dir: a '..' segment in its key",
-        "s3://hostile/ok//twice.jpg: cannot be mapped under --out-dir: an empty segment (//) "
-        "in its key",
-    ]
+    assert _lines(listed.stderr)[:-1] == LISTED_FAILURES
     assert "1 done, 2 failed" in listed.stderr.splitlines()[-1]
     assert _written(tmp_path) == {work / "out/hostile/ok/good.jpg.cam.json",
                                   work / "out/hostile/ok/good.jpg.cam.png"}
@@ -150,6 +164,24 @@ def test_object_keys_and_urls_never_write_outside_out_dir(s3_server, web, tmp_pa
     pages = client.get_paginator("list_objects_v2").paginate(Bucket="hostile-out")
     keys = {o["Key"] for page in pages for o in page.get("Contents", [])}
     assert keys == {"run/127.0.0.1/fine.jpg.cam.json", "run/127.0.0.1/fine.jpg.cam.png"}
+
+
+def test_a_ray_run_refuses_the_same_keys(hostile_bucket, s3_server, ray_cluster, tmp_path):
+    """The workers of a Ray run map outputs with the same function: the same failures, and
+    nothing written outside out/."""
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    env = offline_env(work, **s3_server.env, **ray_cluster.auth, RAY_USAGE_STATS_ENABLED="0",
+                      no_proxy="127.0.0.1,localhost")
+    run = subprocess.run(
+        [str(CAMCLI), "explain", *SMALL_MODEL, "s3://hostile/ok/", "-r", "-o", "out", "--engine",
+         "ray", "--ray-workers", "1", "--ray-cpus", "1", "--ray-address", ray_cluster.address],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    failures = [line for line in _lines(run.stderr) if line.startswith("s3://")]
+    assert sorted(failures) == sorted(LISTED_FAILURES)
+    assert _written(tmp_path) == {work / "out/hostile/ok/good.jpg.cam.json",
+                                  work / "out/hostile/ok/good.jpg.cam.png"}
 
 
 # --------------------------------------------------------------------------- lock files
