@@ -155,9 +155,10 @@ class Explainer:
             **options.settings(),
         }
 
-    def pipeline(self, options: OutputOptions | None = None, stats: RunStats | None = None):
+    def pipeline(self, options: OutputOptions | None = None, stats: RunStats | None = None,
+                 stop: threading.Event | None = None):
         """The batch core for this explainer and these output options."""
-        return Pipeline(self, options, stats)
+        return Pipeline(self, options, stats, stop)
 
     def run(
         self,
@@ -172,6 +173,8 @@ class Explainer:
         stats: RunStats | None = None,
         shard: Shard | None = None,
         storage_options: storage.StorageOptions = storage.NO_OPTIONS,
+        max_input_bytes: int | None = None,
+        follow_symlinks: bool = True,
     ) -> Iterator[ImageResult]:
         """Explain every input found in ``paths`` (those of ``shard`` only, when given: see
         :mod:`camcli.sharding`), yielding one result per input.
@@ -181,13 +184,18 @@ class Explainer:
         CLI sets it on SIGINT/SIGTERM), no new input is started; the images already decoded are
         finished and written, then the run ends. ``stats``: filled with per-stage timings.
         ``storage_options``: passed to the fsspec backend of every URL input.
+        ``max_input_bytes``: read at most this much of an input (default: from ``max_pixels``,
+        :func:`camcli.limits.read_limit`). ``follow_symlinks=False``: folders contribute no
+        symbolic link (file or folder) found inside them.
         """
         from camcli.runner import Inputs, run_local
 
         inputs = Inputs(
-            tuple(paths), recursive, stdin, max_pixels, skip_existing, shard, storage_options
+            tuple(paths), recursive, stdin, max_pixels, skip_existing, shard, storage_options,
+            max_input_bytes, follow_symlinks,
         )
-        return run_local(self.pipeline(options, stats), inputs, self.batch_size, workers, stop)
+        pipeline = self.pipeline(options, stats, stop)
+        return run_local(pipeline, inputs, self.batch_size, workers, stop)
 
 
 def check_options(options: dict) -> None:
@@ -239,6 +247,8 @@ def explain(
     skip_existing: bool = False,
     shard: Shard | str | None = None,
     storage_options: dict | None = None,
+    max_input_bytes: int | None = None,
+    follow_symlinks: bool = True,
     **options,
 ) -> Iterator[ImageResult]:
     """Explain images from files, folders, globs or ``-`` (stdin); yields one result per input.
@@ -268,4 +278,6 @@ def explain(
         skip_existing=skip_existing,
         shard=shard,
         storage_options=store,
+        max_input_bytes=max_input_bytes,
+        follow_symlinks=follow_symlinks,
     )

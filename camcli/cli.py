@@ -22,7 +22,7 @@ import typer
 
 from camcli import __version__, native_stderr
 from camcli import options as opt
-from camcli.errors import CamcliError, ExitStatus, UsageError
+from camcli.errors import CamcliError, ExitStatus, UsageError, printable, printable_lines
 
 app = typer.Typer(
     name="camcli",
@@ -73,20 +73,28 @@ def _fail(exc: BaseException, debug: bool) -> typer.Exit:
     if debug:
         _print_trace(exc)
     message = str(exc) if isinstance(exc, CamcliError) else f"{type(exc).__name__}: {exc}"
-    typer.echo(f"camcli: error: {_redact(message)}", err=True)
+    typer.echo(f"camcli: error: {_shown(message)}", err=True)
     status = exc.exit_status if isinstance(exc, CamcliError) else ExitStatus.SOME_FAILED
     return typer.Exit(int(status))
 
 
-def _redact(text: str) -> str:
-    """``text`` without storage secrets (option values, URL passwords): see camcli.storage."""
+def _shown(text: str) -> str:
+    """``text`` as camcli prints it: without storage secrets (option values, URL passwords:
+    see camcli.storage) and with control characters escaped (:func:`printable`)."""
     from camcli.storage import redact
 
-    return redact(text)
+    return printable(redact(text))
 
 
 def _print_trace(exc: BaseException) -> None:
-    typer.echo(_redact("".join(traceback.format_exception(exc)).rstrip("\n")), err=True)
+    typer.echo(_trace(exc), err=True)
+
+
+def _trace(exc: BaseException) -> str:
+    """A traceback as camcli prints it (``--debug``): redacted, each line :func:`printable`."""
+    from camcli.storage import redact
+
+    return printable_lines(redact("".join(traceback.format_exception(exc)).rstrip("\n")))
 
 
 ENGINES = ("local", "ray")
@@ -99,18 +107,20 @@ PATHS = Annotated[
 @opt.command(
     app,
     opt.MODEL, opt.TARGETS, (opt.TOP_K,), opt.RENDER, opt.OUTPUTS, opt.INPUTS,
-    (opt.STORAGE, opt.MAX_PIXELS, opt.JSON_LINES, opt.RUN_REPORT), (opt.ENGINE,), opt.RAY,
-    opt.RUN,
+    (opt.STORAGE, opt.MAX_PIXELS, opt.MAX_INPUT_BYTES, opt.JSON_LINES, opt.RUN_REPORT),
+    (opt.ENGINE,), opt.RAY, opt.RUN,
 )
 def explain(paths: PATHS, **options):
     """Write a Grad-CAM overlay and a JSON record beside each image (or URL)."""
     from camcli import sharding, storage
     from camcli.api import OutputOptions, RunStats
+    from camcli.limits import check_max_bytes
     from camcli.report import RunRecorder
 
     engine, ray_options = options.pop("engine"), opt.pick(options, opt.RAY)
     try:  # before TensorFlow is imported: a bad --shard is a usage error at once
         options["shard"] = sharding.parse(options["shard"])
+        check_max_bytes(options["max_input_bytes"])
         if engine not in ENGINES:
             raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     except CamcliError as exc:
@@ -128,6 +138,7 @@ def explain(paths: PATHS, **options):
     stats = RunStats()
     shard = options["shard"]
     run = dict(stop=session.stop, max_pixels=options["max_pixels"], stats=stats,
+               max_input_bytes=options["max_input_bytes"],
                **opt.pick(options, opt.INPUTS))
     if engine == "ray":
         output, results = session.on_ray(output_options, model_options, paths, ray_options, run)
@@ -148,7 +159,7 @@ def _finish_run(recorder, report: Path | None, session) -> None:
     except Exception as exc:
         raise _fail(exc, session.debug) from None
     if built is not None and not session.quiet:
-        typer.echo(f"camcli: report: {built.index}", err=True)
+        typer.echo(f"camcli: report: {_shown(built.index)}", err=True)
 
 
 def _shard_summary(shard, stats) -> str:
@@ -255,10 +266,9 @@ class _Session:
             counts["skipped" if result.skipped else "done"] += 1
             return
         counts["failed"] += 1
-        progress.write(f"{result.path}: {_redact(result.error)}", file=sys.stderr)
+        progress.write(_shown(f"{result.path}: {result.error}"), file=sys.stderr)
         if self.debug and result.exception is not None:
-            trace = traceback.format_exception(result.exception)
-            progress.write(_redact("".join(trace).rstrip("\n")), file=sys.stderr)
+            progress.write(_trace(result.exception), file=sys.stderr)
 
 
 class _DebugLines(io.TextIOBase):
@@ -275,7 +285,7 @@ class _DebugLines(io.TextIOBase):
         if self.show:
             *lines, self.pending = (self.pending + text).replace("\r", "\n").split("\n")
             for line in filter(str.strip, lines):
-                typer.echo(_redact(f"camcli: debug: {line.rstrip()}"), err=True)
+                typer.echo(_shown(f"camcli: debug: {line.rstrip()}"), err=True)
         return len(text)
 
     def flush(self) -> None:
@@ -414,11 +424,13 @@ def layers(
         return
     from rich.table import Table
 
-    table = Table(title=f"{loaded.name}: {len(rows)} layers with 4-D outputs", title_justify="left")
+    title = printable(f"{loaded.name}: {len(rows)} layers with 4-D outputs")
+    table = Table(title=title, title_justify="left")
     for column in ("", "layer", "output (h, w, c)"):
         table.add_column(column)
     for row in rows:
-        table.add_row("*" if row["default"] else "", row["layer"], str(tuple(row["shape"])))
+        shape = str(tuple(row["shape"]))
+        table.add_row("*" if row["default"] else "", printable(row["layer"]), shape)
     _console().print(table)
 
 
@@ -469,7 +481,7 @@ def audit(manifest: MANIFEST, **options):
         raise _fail(exc, session.debug) from None
     progress.close()
     if not session.quiet:
-        typer.echo(result.files["summary.md"].read_text(encoding="utf-8"))
+        typer.echo(printable_lines(result.files["summary.md"].read_text(encoding="utf-8")))
         verdict = "passed" if result.passed else "FAILED"
         typer.echo(
             f"camcli: audit {verdict}: {verdict_text(result.record['summary'])} in "
@@ -496,13 +508,13 @@ def report_command(sources: REPORT_SOURCES, **options):
     except Exception as exc:
         raise _fail(exc, options["debug"]) from None
     for problem in built.problems:
-        typer.echo(f"camcli: {problem}", err=True)
+        typer.echo(f"camcli: {_shown(problem)}", err=True)
     if not options["quiet"]:
         counts = built.data["counts"]
         typer.echo(
             f"camcli: report of {counts['done']} inputs ({counts['failed']} failed, "
             f"{counts['empty']} empty maps) in {time.perf_counter() - started:.1f}s: "
-            f"{built.index}",
+            f"{_shown(built.index)}",
             err=True,
         )
     raise typer.Exit(int(ExitStatus.SOME_FAILED if built.problems else ExitStatus.OK))

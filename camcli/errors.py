@@ -2,11 +2,35 @@
 
 Every failure a user can cause is one of these, carrying a one-line message. Only the CLI turns
 them into stderr text and exit codes; the library raises them so Python callers can catch them.
+Every line camcli prints goes through :func:`printable` (file names may hold terminal escapes).
 """
 
 from __future__ import annotations
 
 import enum
+import re
+
+#: What a terminal acts on instead of showing: C0 and C1 controls (ESC starts the sequences
+#: that retitle a window or clear the screen, CR and LF start forged lines), DEL, Unicode's
+#: line separators and the bidirectional overrides that reorder what is shown.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` as one safe line: every control character written as an escape (``\\x1b``,
+    ``\\x0a``, ``\\u202e``), so a file name can neither drive the terminal nor forge a line.
+    The one place every line camcli prints goes through (and the audit's Markdown)."""
+    return _CONTROL.sub(_escape, str(text))
+
+
+def printable_lines(text: str) -> str:
+    """:func:`printable` for each line of a text meant to span several (a traceback)."""
+    return "\n".join(printable(line) for line in str(text).split("\n"))
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class ExitStatus(enum.IntEnum):

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from camcli import storage
 from camcli.errors import InputError
-from camcli.limits import DEFAULT_MAX_PIXELS
+from camcli.limits import DEFAULT_MAX_PIXELS, DEFAULT_READ_LIMIT, read_limit, too_large
 from camcli.outputs import is_camcli_output
 
 IMAGE_EXTENSIONS = frozenset(
@@ -48,6 +48,7 @@ def discover(
     recursive: bool = False,
     stdin: Iterable[str] | None = None,
     storage_options: storage.StorageOptions = storage.NO_OPTIONS,
+    follow_symlinks: bool = True,
 ) -> Iterator[Path | storage.Url]:
     """Yield each input once, in the order given.
 
@@ -57,6 +58,8 @@ def discover(
     fail, and are reported, like any other unreadable input. Images camcli wrote itself are
     skipped, and a file reached twice (two names, a symlink, a loop) is yielded once. URLs are
     listed as a stream; only URLs reached from several arguments take memory to deduplicate.
+    Folders follow their symbolic links (to folders, even out of the tree, and to files);
+    with ``follow_symlinks=False`` they contribute none of them (paths given are followed).
     """
     paths = list(paths)
     seen: set[str] = set()
@@ -72,12 +75,12 @@ def discover(
         elif storage.is_url(argument):
             found = storage.location(argument, storage_options)
             candidates = (
-                _expand(str(found), recursive)
+                _expand(str(found), recursive, follow_symlinks)
                 if isinstance(found, Path)
                 else storage.expand(found, recursive, IMAGE_EXTENSIONS)
             )
         else:
-            candidates = _expand(argument, recursive)
+            candidates = _expand(argument, recursive, follow_symlinks)
         for path in candidates:
             if is_camcli_output(path.name):
                 continue
@@ -92,15 +95,15 @@ def discover(
             yield path
 
 
-def _expand(argument: str, recursive: bool) -> Iterator[Path]:
+def _expand(argument: str, recursive: bool, follow: bool = True) -> Iterator[Path]:
     path = Path(argument)
     if path.is_dir():
-        yield from _walk(path, recursive)
+        yield from _walk(path, recursive, follow)
     elif not path.exists() and glob.has_magic(argument):
         for match in sorted(_glob(argument)):
             match_path = Path(match)
             if match_path.is_dir():
-                yield from _walk(match_path, recursive)
+                yield from _walk(match_path, recursive, follow)
             else:
                 yield match_path
     else:
@@ -127,10 +130,11 @@ def _glob(pattern: str) -> list[str]:
     ]
 
 
-def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
-    """Image files under ``folder``, sorted; symlinked folders are followed once each."""
+def _walk(folder: Path, recursive: bool, follow: bool = True) -> Iterator[Path]:
+    """Image files under ``folder``, sorted; symlinked folders are followed once each, or
+    with ``follow=False`` no symlink inside ``folder`` is (nor taken as a file)."""
     visited: set[str] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    for root, dirs, files in os.walk(folder, followlinks=follow):
         real = os.path.realpath(root)
         if real in visited or not recursive and Path(root) != folder:
             dirs[:] = []
@@ -139,7 +143,8 @@ def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
         dirs.sort()
         for name in sorted(files):
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                yield Path(root) / name
+                if follow or not os.path.islink(os.path.join(root, name)):
+                    yield Path(root) / name
         if not recursive:
             dirs[:] = []
 
@@ -152,9 +157,14 @@ def read_for_model(
     size: tuple[int, int],
     channels: int = 3,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
+    stop=None,
 ) -> DecodedImage:
-    """Read ``path`` and decode it at the model's ``size`` (height, width), or raise InputError."""
-    return decode_for_model(path, read_bytes(path), size, channels, max_pixels)
+    """Read ``path`` and decode it at the model's ``size`` (height, width), or raise InputError.
+    At most :func:`~camcli.limits.read_limit` ``(max_pixels, max_bytes)`` bytes are read;
+    ``stop`` (SIGINT/SIGTERM) ends a read that waits on a web server."""
+    data = read_bytes(path, read_limit(max_pixels, max_bytes), stop)
+    return decode_for_model(path, data, size, channels, max_pixels, max_bytes)
 
 
 def decode_for_model(
@@ -163,9 +173,13 @@ def decode_for_model(
     size: tuple[int, int],
     channels: int = 3,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
 ) -> DecodedImage:
     """Decode ``data`` (the bytes of ``path``, already read) at the model's ``size``, or raise
     InputError naming ``path``."""
+    limit = read_limit(max_pixels, max_bytes)
+    if len(data) > limit:
+        raise InputError(path, too_large(limit))
     height, width = size
     image = open_image(path, data, max_pixels)
     declared = image.size
@@ -185,22 +199,13 @@ def decode_for_model(
     return DecodedImage(path=path, data=data, size=upright, pixels=pixels)
 
 
-def read_bytes(path: Path | storage.Url) -> bytes:
+def read_bytes(path: Path | storage.Url, limit: int = DEFAULT_READ_LIMIT, stop=None) -> bytes:
+    """The input's bytes, at most ``limit`` of them, or an InputError saying why not: a local
+    file through :func:`camcli.storage.read_file` (regular files only), a URL through
+    :func:`camcli.storage.read_bytes` (which gives up when ``stop`` is set)."""
     if isinstance(path, storage.Url):
-        return storage.read_bytes(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise InputError(path, "no such file") from exc
-    except IsADirectoryError as exc:
-        raise InputError(path, "is a directory, not an image") from exc
-    except PermissionError as exc:
-        raise InputError(path, "permission denied") from exc
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
-    if not data:
-        raise InputError(path, "empty file (0 bytes)")
-    return data
+        return storage.read_bytes(path, limit, stop)
+    return storage.read_file(path, limit)
 
 
 def open_image(path: Path, data: bytes, max_pixels: int | None) -> Image.Image:

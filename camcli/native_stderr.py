@@ -33,6 +33,8 @@ import sys
 import threading
 from collections import Counter
 
+from camcli.errors import printable
+
 _in_flight: Counter[str] = Counter()
 _lock = threading.Lock()
 _active: _Capture | None = None
@@ -117,7 +119,7 @@ class _Capture:
         text = line.decode("utf-8", "backslashreplace").rstrip()
         if self.show and text:
             where = f"{', '.join(inputs)}: " if inputs else ""
-            self.stream.write(f"camcli: debug: {where}{text}\n")
+            self.stream.write(f"camcli: debug: {printable(where + text)}\n")
 
     def stop(self) -> None:
         """Put fd 2 back and print what is still in the pipe (the reader ends at its EOF)."""

@@ -26,7 +26,12 @@ from typing import Annotated, Any
 import typer
 
 from camcli.audit.checks import THRESHOLDS
-from camcli.limits import DEFAULT_MAX_PIXELS
+from camcli.limits import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_READ_LIMIT,
+    READ_BYTES_PER_PIXEL,
+    READ_MARGIN_BYTES,
+)
 from camcli.methods import DEFAULT_CHUNK_SIZE, method_names
 from camcli.render import COLORMAPS, OVERLAY_FORMATS
 
@@ -169,6 +174,10 @@ OUTPUTS: tuple[Spec, ...] = (
 
 INPUTS: tuple[Spec, ...] = (
     spec("recursive", bool, False, "--recursive", "-r", help="Descend folders."),
+    spec("follow_symlinks", bool, True, "--follow-symlinks/--no-follow-symlinks",
+         help="In folders, follow symbolic links to files and folders, even out of the tree "
+         "(--no-follow-symlinks: skip them and stay inside, as find -P; names given are "
+         "always followed)."),
     spec("skip_existing", bool, False,
          help="Skip inputs whose outputs are complete, newer and made the same way."),
     spec("shard", str | None, None,
@@ -199,6 +208,10 @@ RAY: tuple[Spec, ...] = (
 
 MAX_PIXELS = spec("max_pixels", int, DEFAULT_MAX_PIXELS,
                   help="Refuse images declaring more pixels (decompression bombs).")
+MAX_INPUT_BYTES = spec("max_input_bytes", int | None, None,
+                       help=f"Read at most this many bytes of an input; larger ones fail "
+                       f"(default: {READ_BYTES_PER_PIXEL} bytes per --max-pixels pixel + "
+                       f"{READ_MARGIN_BYTES >> 20} MiB, {DEFAULT_READ_LIMIT:,} by default).")
 
 RUN: tuple[Spec, ...] = (
     spec("threads", int | None, None,

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from camcli import __version__, images, native_stderr, render, storage
-from camcli.errors import UsageError
+from camcli.errors import InputError, UsageError
 from camcli.heatmaps import map_stats
 from camcli.outputs import (
     SCHEMA_VERSION,
@@ -220,15 +220,16 @@ def build_line(
     }
 
 
-def write_outputs(files: Iterable[tuple[Path, bytes]], record: tuple[Path, bytes], protect: Path):
+def write_outputs(files: Iterable[tuple[Path, bytes]], record: tuple[Path, bytes], protect: Path,
+                  stop: threading.Event | None = None):
     """Write each ``(path, bytes)`` atomically, then the record: its presence means every file
     it names is complete and is the one it names. ``protect`` (the input) is never overwritten.
     Returns the paths. A URL is put whole, in one call (:func:`camcli.storage.put`).
 
     A local set is written under :func:`~camcli.outputs.locked`, so another run waits
-    meanwhile. An earlier record is removed first, so a set half replaced has no record; when
-    a write fails (a full disk), the files this call wrote are removed again: nothing is left
-    that no record names.
+    meanwhile (until ``stop`` is set: then this input fails as interrupted). An earlier record
+    is removed first, so a set half replaced has no record; when a write fails (a full disk),
+    the files this call wrote are removed again: nothing is left that no record names.
     """
     outputs = [*files, record]
     if storage.is_url(record[0]):
@@ -237,7 +238,7 @@ def write_outputs(files: Iterable[tuple[Path, bytes]], record: tuple[Path, bytes
         return tuple(path for path, _ in outputs)
     protect = None if storage.is_url(protect) else protect
     written: list[Path] = []
-    with locked(record[0], first=outputs[0][0]):
+    with locked(record[0], first=outputs[0][0], stop=stop):
         try:
             with contextlib.suppress(FileNotFoundError):
                 if protect is None or not os.path.samefile(record[0], protect):
@@ -267,8 +268,10 @@ class _Stage(Exception):
 class Pipeline:
     """Explains batches of decoded images and writes their outputs (see the module doc)."""
 
-    def __init__(self, explainer, options: OutputOptions | None = None, stats=None):
+    def __init__(self, explainer, options: OutputOptions | None = None, stats=None,
+                 stop: threading.Event | None = None):
         self.explainer = explainer
+        self.stop = stop  # set on SIGINT/SIGTERM: waits for another run's lock end
         self.options = options or OutputOptions()
         self.stats = stats or RunStats()
         self.labels = explainer.loaded.labels
@@ -276,6 +279,8 @@ class Pipeline:
         self.fingerprint = settings_fingerprint(explainer.settings(self.options))
 
     def paths(self, path: Path) -> OutputPaths:
+        """Where ``path``'s outputs go; :class:`~camcli.outputs.UnsafeOutputPath` (an
+        InputError) when no place under ``--out-dir`` is safe for them."""
         return OutputPaths.for_input(path, self.options.out_dir)
 
     def compute(self, items: list[images.DecodedImage], compiled: bool | None = None):
@@ -313,9 +318,11 @@ class Pipeline:
             if self.options.write:
                 record_file = (self.paths(item.path).record, _record_bytes(record))
                 with self.stats.time("write"):
-                    written = write_outputs(files, record_file, protect=item.path)
+                    written = write_outputs(files, record_file, item.path, self.stop)
         except _Stage as failure:
             return ImageResult.failed(item.path, failure.reason, failure.cause)
+        except InputError as exc:  # no safe place for its outputs (outputs.output_base)
+            return ImageResult.failed(item.path, exc.reason, exc)
         except OSError as exc:
             return ImageResult.failed(item.path, _write_failure(exc), exc)
         return ImageResult(item.path, ok=True, record=record, files=written, cams=output.cams[i])

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from camcli import images, native_stderr, storage
 from camcli.errors import InputError, OutputsFullError
-from camcli.outputs import is_up_to_date
+from camcli.limits import check_max_bytes
+from camcli.outputs import is_up_to_date, remove_stale_lock
 from camcli.pipeline import EAGER_MAX_IMAGES, ImageResult, Pipeline
 from camcli.sharding import Shard, select
 
@@ -42,6 +43,11 @@ class Inputs:
     skip_existing: bool = False
     shard: Shard | None = None
     storage_options: storage.StorageOptions = storage.NO_OPTIONS
+    max_bytes: int | None = None  # read at most this much per input (None: from max_pixels)
+    follow_symlinks: bool = True  # False: folders contribute no symlink found inside them
+
+    def __post_init__(self):
+        check_max_bytes(self.max_bytes)
 
     def discover(self, stats=None) -> tuple[Iterable[Path], bool, bool]:
         """The inputs (of this run's shard), whether the run is large enough to compile the
@@ -49,9 +55,8 @@ class Inputs:
         threads: network latency). A list when the paths are all local files and folders; a
         stream when one of them is ``-`` (stdin) or a URL (a prefix may hold millions of keys:
         never listed whole)."""
-        found = images.discover(
-            self.paths, self.recursive, self.stdin, storage_options=self.storage_options
-        )
+        found = images.discover(self.paths, self.recursive, self.stdin, self.storage_options,
+                                self.follow_symlinks)
         found = select(self.shard, found, stats)
         if "-" not in self.paths and not any(storage.is_url(p) for p in self.paths):
             found = list(found)
@@ -159,17 +164,21 @@ def decoder(pipeline: Pipeline, inputs: Inputs):
     size = tuple(loaded.input_size)
 
     def decode(path: Path, data: bytes | None = None):
-        if inputs.skip_existing and is_up_to_date(
-            pipeline.paths(path), path, pipeline.fingerprint
-        ):
+        try:  # first: an input with no safe place for its outputs is not even read
+            paths = pipeline.paths(path) if pipeline.options.write or inputs.skip_existing else None
+        except InputError as exc:
+            return exc
+        if inputs.skip_existing and is_up_to_date(paths, path, pipeline.fingerprint):
+            if not storage.is_url(paths.record):  # what a killed run may have left
+                remove_stale_lock(paths.record)
             return SKIPPED
         try:
             with pipeline.stats.time("decode"), native_stderr.decoding(path):
+                limits = (inputs.max_pixels, inputs.max_bytes)
                 if data is None:
-                    return images.read_for_model(path, size, loaded.channels, inputs.max_pixels)
-                return images.decode_for_model(
-                    path, data, size, loaded.channels, inputs.max_pixels
-                )
+                    return images.read_for_model(path, size, loaded.channels, *limits,
+                                                 stop=pipeline.stop)
+                return images.decode_for_model(path, data, size, loaded.channels, *limits)
         except InputError as exc:
             return exc
         except Exception as exc:  # a decoder bug on one odd file must not stop the run

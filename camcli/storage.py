@@ -11,6 +11,10 @@ bytes: a reader never sees a partial object), and the object's version (size, ET
 time) that ``--skip-existing`` compares. Backends come as extras; credentials and endpoints are
 the backend's own (environment, config files), plus ``--storage-option KEY=VALUE``.
 
+Every read is bounded: an object or web page by a byte limit (streamed, never held whole past
+it), and a local file by the same limit, read only when it is a regular file
+(:func:`read_file`: a FIFO or a device is refused, never waited on).
+
 Secrets never reach the screen: :func:`redact` masks storage option values, URL passwords, the
 values of query parameters named like secrets (signed URLs) and the usual credential variables
 in any text camcli prints, where they stand (a password ``1`` masks that password, not every
@@ -24,12 +28,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from camcli.errors import InputError, UsageError
+from camcli.limits import DEFAULT_READ_LIMIT, too_large
 
 #: Threads fetching inputs (and putting outputs) when they are URLs: each request waits tens of
 #: milliseconds on the network, so many run at once; local disks keep the CPU-bound pool.
@@ -418,17 +424,80 @@ def _walk(fs, prefix: Url, recursive: bool) -> Iterator[list[Url]]:
 # --------------------------------------------------------------------------- objects
 
 
-def read_bytes(url: Url) -> bytes:
-    """The object's bytes (after the backend's own retries), or an InputError saying why."""
+#: Bytes asked of a web server per read while an http(s) input streams in.
+HTTP_CHUNK = 1 << 16
+
+
+def read_bytes(url: Url, limit: int = DEFAULT_READ_LIMIT, stop=None) -> bytes:
+    """The object's bytes (after the backend's own retries), or an InputError saying why.
+
+    At most ``limit`` bytes are fetched: more is an InputError. An object the listing says is
+    larger is refused without a request; an object store is asked for a byte range; a web
+    page is streamed and dropped as soon as it passes the limit (an endless body included),
+    or as soon as ``stop`` (a :class:`threading.Event`: SIGINT/SIGTERM) is set.
+    """
+    size = (url.info or {}).get("size")
+    if isinstance(size, int) and size > limit:
+        raise InputError(url, too_large(limit))
     try:
-        data = filesystem(url).cat_file(url.text)
-    except UsageError:
+        fs = filesystem(url)
+        if url.protocol in ("http", "https"):
+            data = _stream_http(fs, url, limit, stop)
+        else:
+            data = fs.cat_file(url.text, start=0, end=limit + 1)
+    except (UsageError, InputError):
         raise
     except Exception as exc:
-        raise InputError(url, f"cannot read: {_reason(exc)}") from exc
+        if not _unsatisfiable(exc):
+            raise InputError(url, f"cannot read: {_reason(exc)}") from exc
+        data = b""  # S3 answers a byte range of an empty object with 416
+    if data is None or len(data) > limit:
+        raise InputError(url, too_large(limit))
     if not data:
         raise InputError(url, "empty object (0 bytes)")
     return data
+
+
+def _unsatisfiable(exc: BaseException) -> bool:
+    """True for a store's "416 range not satisfiable", its answer for an empty object."""
+    text = str(exc).lower()
+    return getattr(exc, "status", None) == 416 or "range is not satisfiable" in text or (
+        "invalidrange" in text)
+
+
+#: How often a read waiting on a web server looks at the run's stop event (seconds).
+STOP_POLL_SECONDS = 0.1
+
+
+def _stream_http(fs, url: Url, limit: int, stop=None) -> bytes | None:
+    """GET ``url`` through fsspec's session, reading at most ``limit`` + 1 bytes: the bytes,
+    or None when the body is longer (the connection is then dropped). A server that stalls
+    holds the read only until ``stop`` is set: then the request is cancelled."""
+    import asyncio
+    import concurrent.futures
+
+    async def get():
+        session = await fs.set_session()
+        async with session.get(fs.encode_url(url.text), **fs.kwargs) as response:
+            if response.status == 404:
+                raise FileNotFoundError(url.text)
+            response.raise_for_status()
+            if (response.content_length or 0) > limit:
+                return None
+            data = bytearray()
+            async for chunk in response.content.iter_chunked(HTTP_CHUNK):
+                data += chunk
+                if len(data) > limit:
+                    response.close()
+                    return None
+            return bytes(data)
+
+    pending = asyncio.run_coroutine_threadsafe(get(), fs.loop)
+    while not concurrent.futures.wait([pending], timeout=STOP_POLL_SECONDS).done:
+        if stop is not None and stop.is_set():
+            pending.cancel()  # closes the connection in fsspec's event loop
+            raise InputError(url, "interrupted while reading (the run was stopped)")
+    return pending.result()
 
 
 def exists(url: Url) -> bool:
@@ -491,3 +560,55 @@ def put(url: Url, data: bytes, protect=None, replaceable: bool = True) -> None:
         fs.pipe_file(url.text, data)
     except Exception as exc:
         raise OSError(f"cannot write {url}: {_reason(exc)}") from exc
+
+
+# --------------------------------------------------------------------------- local files
+
+
+_NOT_REGULAR = {
+    stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+}
+
+
+def _check_regular(path: Path, status: os.stat_result, limit: int) -> None:
+    """InputError unless ``status`` is a regular file of at most ``limit`` bytes."""
+    if stat.S_ISDIR(status.st_mode):
+        raise InputError(path, "is a directory, not an image")
+    if not stat.S_ISREG(status.st_mode):
+        kind = _NOT_REGULAR.get(stat.S_IFMT(status.st_mode), "an unknown kind of file")
+        raise InputError(path, f"not a regular file but {kind}: not read")
+    if status.st_size > limit:
+        raise InputError(path, too_large(limit))
+
+
+def read_file(path: Path, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+    """A local file's bytes, at most ``limit`` of them (more: an InputError, nothing kept).
+    Only regular files are read: a FIFO, a device (``/dev/zero``) or a socket, even behind a
+    symlink, fails at once with what it is, so nothing waits on a pipe or reads for ever."""
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise InputError(path, "no such file") from exc
+    except PermissionError as exc:
+        raise InputError(path, "permission denied") from exc
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        _check_regular(path, os.fstat(fd), limit)
+        with open(fd, "rb", closefd=False) as handle:
+            data = handle.read(os.fstat(fd).st_size + 1)
+            while len(data) <= limit:  # more than fstat said: the file grew meanwhile
+                more = handle.read(min(1 << 20, limit + 1 - len(data)))
+                if not more:
+                    break
+                data += more
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise InputError(path, too_large(limit))
+    if not data:
+        raise InputError(path, "empty file (0 bytes)")
+    return data

@@ -135,6 +135,17 @@ def stop(*processes: subprocess.Popen) -> None:
             process.wait()
 
 
+def hold_flock(path: Path) -> subprocess.Popen:
+    """Another process holding ``flock`` on ``path`` (created) until it is killed (a run that
+    holds an output set's lock, or anyone else's lock)."""
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)")
+    process = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline() == "held\n"
+    return process
+
+
 class Started:
     """``camcli explain *args`` started in ``cwd`` (offline, output captured); ``result()``
     waits for it, then runs ``after`` once. ``facts``: what the test noted before the start."""

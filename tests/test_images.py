@@ -354,3 +354,67 @@ def test_the_default_pixel_limit_is_pillows():
     from camcli.limits import DEFAULT_MAX_PIXELS
 
     assert DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS
+
+
+# --------------------------------------------------------------------------- bounded reads
+
+
+def test_devices_and_fifos_fail_at_once_without_being_read(tmp_path):
+    """/dev/zero behind a symlink grew memory without end, and a FIFO made the read wait for
+    a writer for ever: only regular files are read."""
+    zero = tmp_path / "zero.jpg"
+    zero.symlink_to("/dev/zero")
+    assert _reason(zero) == "not a regular file but a character device: not read"
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    assert _reason(fifo) == "not a regular file but a named pipe (FIFO): not read"
+
+
+def test_the_read_limit_comes_from_max_pixels_or_is_given(tmp_path):
+    from camcli.limits import DEFAULT_READ_LIMIT, read_limit
+
+    # an uncompressed 8-bit RGBA image at the pixel limit, plus 16 MiB of metadata
+    assert read_limit(1000) == 4000 + (16 << 20)
+    assert DEFAULT_READ_LIMIT == 89_478_485 * 4 + (16 << 20)
+    assert read_limit(0) == read_limit(None) == 2 * 89_478_485 * 4 + (16 << 20)
+    assert read_limit(1000, 5) == 5
+    path = _save(tmp_path / "a.png", size=(20, 10))
+    size = path.stat().st_size
+    assert _reason(path, max_bytes=size - 1) == (
+        f"larger than the read limit of {size - 1:,} bytes (--max-input-bytes)"
+    )
+    assert read_for_model(path, (4, 4), max_bytes=size).size == (20, 10)
+    # a file bigger than the limit derived from a small --max-pixels is never read whole
+    padded = tmp_path / "padded.png"
+    padded.write_bytes(path.read_bytes() + bytes(read_limit(200)))
+    assert _reason(padded, max_pixels=200).startswith("larger than the read limit of 16,778,")
+
+
+def test_a_file_growing_past_the_limit_while_read_is_refused(tmp_path):
+    from camcli.images import read_bytes
+
+    fifo_like = tmp_path / "grows.jpg"  # what fstat says is stale: the read itself is capped
+    fifo_like.write_bytes(b"x" * 100)
+    assert read_bytes(fifo_like, 100) == b"x" * 100
+    with pytest.raises(InputError, match="larger than the read limit of 99 bytes"):
+        read_bytes(fifo_like, 99)
+
+
+def test_folders_can_stay_inside_their_tree(tmp_path):
+    """-r follows symlinked folders out of the tree by default; follow_symlinks=False (the
+    CLI's --no-follow-symlinks) takes nothing that is a symbolic link inside the folder."""
+    outside = _save(tmp_path / "outside" / "private.png")
+    _save(tmp_path / "elsewhere" / "other.png")
+    tree = tmp_path / "tree"
+    _save(tree / "own.png")
+    _save(tree / "sub" / "deep.png")
+    (tree / "sub" / "away").symlink_to(outside.parent)
+    (tree / "link.png").symlink_to(tmp_path / "elsewhere" / "other.png")
+    followed = _names(discover([str(tree)], recursive=True))
+    assert sorted(followed) == ["deep.png", "link.png", "own.png", "private.png"]
+    inside = list(discover([str(tree)], recursive=True, follow_symlinks=False))
+    assert sorted(_names(inside)) == ["deep.png", "own.png"]
+    assert all(not p.is_symlink() and tree in p.parents for p in inside)
+    # a link named on the command line is what the user asked for: still followed
+    named = discover([str(tree / "link.png")], follow_symlinks=False)
+    assert _names(named) == ["link.png"]

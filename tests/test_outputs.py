@@ -6,18 +6,24 @@ import hashlib
 import json
 import math
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import hold_flock
 
+from camcli import storage
 from camcli.api import OutputOptions
-from camcli.errors import UnknownNameError, UsageError
+from camcli.errors import InputError, UnknownNameError, UsageError
 from camcli.images import discover
 from camcli.labels import imagenet_labels
 from camcli.outputs import (
     OutputPaths,
     atomic_write,
     is_camcli_output,
+    locked,
+    remove_stale_lock,
     settings_fingerprint,
     sha256,
     to_json_bytes,
@@ -117,6 +123,71 @@ def test_out_dir_mirrors_paths_relative_to_the_current_folder(tmp_path, monkeypa
     assert parent.record == outside.record
 
 
+HOSTILE_URLS = {
+    "s3://bucket/ok/../../../../tmp/x/victim/evil.jpg": "a '..' segment",
+    "http://127.0.0.1:8000/a/../../../tmp/x/y.jpg": "a '..' segment",
+    "s3://bucket/..": "a '..' segment",
+    "http://../x.jpg": "a '..' segment",  # the host itself
+    "s3://bucket/a/./x.jpg": "a '.' segment",  # would share a.jpg's outputs with a/x.jpg
+    "s3://bucket//etc/passwd.jpg": "an empty segment",  # pathlib: out / "/etc" is /etc
+    "s3://bucket/a//x.jpg": "an empty segment",
+    "s3://bucket/a/": "an empty segment",
+    "s3:///x.jpg": "no host or bucket",
+    "gs:///../x.jpg": "no host or bucket",
+    "s3://bucket/a\\..\\..\\x.jpg": "backslash",
+    "s3://bucket/C:\\x.jpg": "backslash",
+    "s3://bucket/a/\x00.jpg": "control character",
+    "s3://bucket/a/b\nc.jpg": "control character",  # urlsplit drops the newline
+    "s3://bucket/a/\t/x.jpg": "control character",
+    "s3://bucket/\x1b[2J.jpg": "control character",
+}
+
+
+@pytest.mark.parametrize("out", [Path("out"), "s3://cams/run/"], ids=["folder", "url"])
+@pytest.mark.parametrize("url", list(HOSTILE_URLS))
+def test_keys_that_cannot_stay_under_out_dir_fail_with_the_reason(url, out, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    location = storage.location(url)
+    with pytest.raises(InputError) as failure:
+        OutputPaths.for_input(location, storage.location(out))
+    assert failure.value.path == str(location)
+    assert HOSTILE_URLS[url] in failure.value.reason
+    assert "--out-dir" in failure.value.reason and "\n" not in failure.value.reason
+
+
+ODD_BUT_SAFE = [
+    "s3://bucket/...jpg", "s3://bucket/..x/x..jpg", "s3://bucket/a%2F..%2F..%2Fx.jpg",
+    "http://127.0.0.1:8000/%2e%2e/%2e%2e/x.jpg", "s3://bucket/ünï cödé/ 𝔁.jpg",
+    "s3://bucket/~/x.jpg", "s3://bucket/a/-rf.jpg", "http://[::1]:8000/x.jpg",
+]
+
+
+@pytest.mark.parametrize("url", ODD_BUT_SAFE)
+def test_odd_keys_are_mirrored_strictly_inside_out_dir(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    paths = OutputPaths.for_input(storage.location(url), Path("out"))
+    for path in (paths.record, paths.overlay(1, "x", True), paths.heatmap(1, "x", False)):
+        resolved = (tmp_path / path).resolve()  # what the kernel would open
+        assert resolved.is_relative_to(out) and resolved.parent != out.parent
+    remote = OutputPaths.for_input(storage.location(url), storage.location("s3://cams/run/"))
+    assert str(remote.record).startswith("s3://cams/run/")
+    assert ".." not in str(remote.record).removeprefix("s3://cams/run/").split("/")
+
+
+def test_local_inputs_always_map_inside_out_dir(tmp_path, monkeypatch):
+    """Local paths are normalised before they are mirrored: ``..`` and ``.`` are resolved
+    lexically, from the current folder or the root, so nothing can climb out of out/."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    out = tmp_path / "work" / "out"
+    for name in ("../../../../etc/x.jpg", "/x.jpg", "a/../../b/./x.jpg", "//double/x.jpg",
+                 "a\\..\\..\\x.jpg"):
+        record = OutputPaths.for_input(Path(name), Path("out")).record
+        assert (Path.cwd() / record).resolve().is_relative_to(out), name
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 
@@ -177,6 +248,80 @@ def test_temp_files_of_an_interrupted_write_are_not_inputs_on_the_next_run(tmp_p
 
 
 # --------------------------------------------------------------------------- JSON
+
+
+# --------------------------------------------------------------------------- the lock file
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_never_followed(tmp_path):
+    record = tmp_path / "a.jpg.cam.json"
+    target = tmp_path / "elsewhere" / "created-by-camcli"
+    (tmp_path / "elsewhere").mkdir()
+    lock = tmp_path / ".a.jpg.cam.lock"
+    lock.symlink_to(target)  # dangling: the old code created the target
+    with pytest.raises(OSError, match="lock file .a.jpg.cam.lock is a symbolic link") as refused:
+        with locked(record, first=tmp_path / "a.jpg.cam.png"):
+            pass
+    assert refused.value.filename == str(tmp_path / "a.jpg.cam.png")
+    assert not target.exists() and lock.is_symlink()
+
+    held = tmp_path / "held"  # a symlink to a file another process holds: no wait either
+    lock.unlink()
+    lock.symlink_to(held)
+    holder = hold_flock(held)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OSError, match="symbolic link"), locked(record):
+            pass
+        assert time.monotonic() - started < 5
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_file_that_is_not_a_regular_file_is_refused(tmp_path):
+    os.mkfifo(tmp_path / ".a.jpg.cam.lock")
+    with pytest.raises(OSError, match="not a regular file"), locked(tmp_path / "a.jpg.cam.json"):
+        pass
+
+
+def test_waiting_for_a_held_lock_ends_when_the_run_is_stopped(tmp_path):
+    record = tmp_path / "a.jpg.cam.json"
+    holder = hold_flock(tmp_path / ".a.jpg.cam.lock")
+    stop = threading.Event()
+    try:
+        threading.Timer(0.3, stop.set).start()
+        started = time.monotonic()
+        with pytest.raises(InterruptedError, match="interrupted while another run held"):
+            with locked(record, stop=stop):
+                pass
+        assert 0.3 <= time.monotonic() - started < 5
+    finally:
+        holder.kill()
+        holder.wait()
+    with locked(record):  # the holder is gone: taken at once, and removed when done
+        assert (tmp_path / ".a.jpg.cam.lock").is_file()
+    assert not (tmp_path / ".a.jpg.cam.lock").exists()
+
+
+def test_a_stale_lock_is_removed_and_a_live_one_kept(tmp_path):
+    record = tmp_path / "a.jpg.cam.json"
+    lock = tmp_path / ".a.jpg.cam.lock"
+    lock.write_bytes(b"")  # what a SIGKILLed run leaves
+    remove_stale_lock(record)
+    assert not lock.exists()
+    holder = hold_flock(lock)
+    try:
+        remove_stale_lock(record)
+        assert lock.exists()  # a live run's lock
+    finally:
+        holder.kill()
+        holder.wait()
+    lock.unlink()
+    lock.symlink_to(tmp_path / "target")
+    (tmp_path / "target").write_bytes(b"keep")
+    remove_stale_lock(record)
+    assert lock.is_symlink() and (tmp_path / "target").read_bytes() == b"keep"
 
 
 def test_json_bytes_have_sorted_keys_at_every_level():
@@ -278,3 +423,40 @@ def test_every_kind_of_line_is_one_of_the_schema_and_old_shapes_are_not():
     for line in refused:
         assert schema_errors(line), line
     assert schema_errors({**record, "ok": True}, "record_file")
+
+
+# --------------------------------------------------------------------------- --skip-existing
+
+
+def test_outputs_count_as_done_only_while_they_hold_the_bytes_the_record_hashed(tmp_path):
+    from camcli.outputs import is_up_to_date
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"the input")
+    paths = OutputPaths.for_input(image)
+    overlay, heatmap = paths.overlay(1, "x", False), paths.heatmap(1, "x", False)
+    overlay.write_bytes(b"overlay bytes")
+    heatmap.write_bytes(b"map bytes")
+    entry = {"overlay": overlay.name, "overlay_sha256": sha256(b"overlay bytes"),
+             "heatmap": heatmap.name, "heatmap_sha256": sha256(b"map bytes")}
+    record = {"settings_fingerprint": "f", "explanations": [entry]}
+
+    def done(**changes) -> bool:
+        paths.record.write_bytes(to_json_bytes({**record, "explanations": [{**entry, **changes}]}))
+        os.utime(image, (1, 1))  # older than the record
+        return is_up_to_date(paths, image, "f")
+
+    assert done()
+    overlay.write_bytes(b"overlay byt")  # truncated
+    assert not done()
+    overlay.write_bytes(b"overlay bytez")  # same size, changed
+    assert not done()
+    overlay.write_bytes(b"overlay bytes")
+    heatmap.unlink()
+    assert not done()
+    heatmap.write_bytes(b"map bytes")
+    assert done()
+    assert not done(overlay="../a.jpg.cam.png")  # a record names files beside it only
+    assert not done(overlay_sha256=None)
+    os.mkfifo(tmp_path / "fifo.png")
+    assert not done(overlay="fifo.png")  # refused at once, never waited on

@@ -162,6 +162,19 @@ def test_puts_are_whole_and_never_overwrite_the_input(memory):
         storage.read_bytes(storage.location("memory://in/missing.jpg"))
 
 
+def test_reads_stop_at_the_limit(memory, monkeypatch):
+    url = storage.location("memory://in/big.jpg")
+    memory.pipe_file(url.text, bytes(1000))
+    assert storage.read_bytes(url, 1000) == bytes(1000)
+    with pytest.raises(InputError, match="larger than the read limit of 999 bytes"):
+        storage.read_bytes(url, 999)
+    # the listing's size is enough to refuse: not one byte is fetched
+    (listed,) = storage.expand(storage.location("memory://in/"), False, frozenset({".jpg"}))
+    monkeypatch.setattr(type(memory), "cat_file", lambda *a, **k: pytest.fail("fetched"))
+    with pytest.raises(InputError, match="larger than the read limit of 10 bytes"):
+        storage.read_bytes(listed, 10)
+
+
 def test_preflight_names_the_missing_extra_and_refuses_writing_to_the_web():
     with pytest.raises(UsageError, match=r"pip install 'camcli\[gcs\]'"):
         storage.preflight(["gs://bucket/prefix/"], None)

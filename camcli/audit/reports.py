@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from camcli.audit import metrics
+from camcli.errors import printable
 from camcli.outputs import replace_atomically, to_json_bytes
 
 AUDIT_SCHEMA_VERSION = 1
@@ -193,22 +194,15 @@ def verdict_text(summary: dict) -> str:
 
 
 # User-controlled text (ids, paths, names, labels, reasons) never reaches summary.md as markup.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: Characters that can start inline markup (code, emphasis, links, HTML, entities, table cells).
 _INLINE_MARKUP = re.compile(r"[\\`*\[\]<>&|~!]|(?<![^\W_])_|_(?![^\W_])")
-
-
-def _one_line(text) -> str:
-    """``text`` on one line: control characters (newlines too) written as ``\\xNN``."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}"
-                        if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", str(text))
 
 
 def md_text(text) -> str:
     """``text`` as Markdown that renders literally, on one line (CommonMark backslash escapes;
     an underscore inside a word, ``min_energy_in_box``, is left as it is: it emphasises nothing).
     Safe in a table cell: a ``|`` is escaped."""
-    return _INLINE_MARKUP.sub(lambda m: "\\" + m.group(), _one_line(text))
+    return _INLINE_MARKUP.sub(lambda m: "\\" + m.group(), printable(text))
 
 
 def md_code(text, table: bool = False) -> str:
@@ -216,7 +210,7 @@ def md_code(text, table: bool = False) -> str:
     than the longest run of backticks inside, padded with a space when it starts or ends with a
     backtick or a space (CommonMark strips one on each side). In a table cell (``table``) a
     ``|`` is escaped, which GitHub's tables turn back into ``|`` inside code."""
-    text = _one_line(text) or " "  # an empty code span is not one: show a space
+    text = printable(text) or " "  # an empty code span is not one: show a space
     fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
     pad = " " if text.strip() and (text[0] in "` " or text[-1] in "` ") else ""
     if table:

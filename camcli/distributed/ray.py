@@ -50,7 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from camcli import storage
-from camcli.errors import CamcliError, ClusterError, ExitStatus, InputError, UsageError
+from camcli.errors import (
+    CamcliError,
+    ClusterError,
+    ExitStatus,
+    InputError,
+    UsageError,
+    printable,
+)
 from camcli.limits import DEFAULT_MAX_PIXELS
 from camcli.pipeline import EAGER_MAX_IMAGES, ImageResult, OutputOptions, RunStats
 from camcli.sharding import Shard
@@ -115,6 +122,7 @@ class WorkerSpec:
     # started without them. Not through Ray's runtime_env: Ray writes that, values and all,
     # in its agents' logs on every node. Travels as --storage-option values do; never shown.
     environment: dict = field(default_factory=dict, repr=False)
+    max_bytes: int | None = None  # read at most this much per input (None: from max_pixels)
 
 
 # --------------------------------------------------------------------------- the worker
@@ -155,7 +163,7 @@ class Worker:
         self.warning = self.explainer.slow_precision  # the driver shows it, as a local run
         self.pipeline = self.explainer.pipeline(spec.output, RunStats())
         inputs = Inputs((), max_pixels=spec.max_pixels, skip_existing=spec.skip_existing,
-                        storage_options=spec.output.storage_options)
+                        storage_options=spec.output.storage_options, max_bytes=spec.max_bytes)
         self.decode = decoder(self.pipeline, inputs)
         remote = storage.is_url(spec.output.out_dir)
         self.pool = ThreadPoolExecutor(max(threads, storage.IO_WORKERS if remote else 1))
@@ -515,7 +523,7 @@ def _quiet_ray(debug: bool) -> None:
 
     def to_stderr(data, ignore_prefix=False):
         for line in data.get("lines", ()):
-            sys.stderr.write(f"camcli: debug: ray: {line}\n")
+            sys.stderr.write(f"camcli: debug: ray: {printable(line)}\n")
 
     ray_worker.print_to_stdstream = to_stderr
 
@@ -535,6 +543,8 @@ def run(
     stop: threading.Event | None = None,
     stats: RunStats | None = None,
     debug: bool = False,
+    max_input_bytes: int | None = None,
+    follow_symlinks: bool = True,
 ) -> Iterator[ImageResult]:
     """Explain every input on a Ray cluster; yields one result per input, like
     :meth:`camcli.api.Explainer.run` (same arguments; ``model_options`` are the Explainer's).
@@ -551,7 +561,7 @@ def run(
     stop = stop or threading.Event()
     batch_size = int(model_options.get("batch_size") or 16)
     inputs = Inputs(tuple(paths), recursive, stdin, max_pixels, skip_existing, shard,
-                    storage_options)
+                    storage_options, max_input_bytes, follow_symlinks)
     found, _, _ = inputs.discover(stats)
     found = iter(found)
     head = next(found, None)
@@ -568,7 +578,7 @@ def run(
         spec = WorkerSpec(model_options, output, inputs.max_pixels, skip_existing,
                           compiled=len(window) > EAGER_MAX_IMAGES, cwd=os.getcwd(),
                           debug=debug, control=control,
-                          environment=storage.backend_environment())
+                          environment=storage.backend_environment(), max_bytes=inputs.max_bytes)
         windows = itertools.chain([window], found) if window else iter(())
         del window
         results = _run_windows(ray, windows, spec, shape, batch_size, control, stop,
@@ -647,7 +657,7 @@ def _warn(text: str) -> None:
 
     from tqdm import tqdm
 
-    tqdm.write(f"camcli: warning: {text}", file=sys.stderr)
+    tqdm.write(f"camcli: warning: {printable(text)}", file=sys.stderr)
 
 
 def _put_blocks(ray, found: Iterable, rows: int) -> tuple[list, list[int]]:
