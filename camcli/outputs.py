@@ -361,10 +361,11 @@ def _object_up_to_date(paths: OutputPaths, input_path, fingerprint: str) -> bool
 
 
 def _outputs_intact(folder, record: dict) -> bool:
-    """Every file ``record`` names beside it holds the bytes whose sha256 it names."""
+    """Every file ``record`` names beside it holds the bytes whose size and sha256 it names
+    (the size first: a truncated file is found without reading it)."""
     try:
         return all(
-            _holds(folder, entry[key], entry[f"{key}_sha256"])
+            _holds(folder, entry[key], entry[f"{key}_sha256"], entry.get(f"{key}_bytes"))
             for entry in record.get("explanations", [])
             for key in ("overlay", "heatmap")
             if entry.get(key)
@@ -373,11 +374,14 @@ def _outputs_intact(folder, record: dict) -> bool:
         return False
 
 
-def _holds(folder, name, digest) -> bool:
+def _holds(folder, name, digest, size) -> bool:
     if not isinstance(name, str) or "/" in name or name in (".", ".."):
         return False  # a record names files beside it, nothing else
+    location = folder / name
     try:
-        return sha256(_read(folder / name, OUTPUT_READ_LIMIT)) == digest
+        if size is not None and _size(location) not in (size, None):
+            return False
+        return sha256(_read(location, OUTPUT_READ_LIMIT)) == digest
     except (OSError, InputError):
         return False
 
@@ -386,6 +390,13 @@ def _holds(folder, name, digest) -> bool:
 RECORD_READ_LIMIT = 16 << 20
 #: An overlay or map read back to check its hash (a full-resolution PNG of a huge photo).
 OUTPUT_READ_LIMIT = DEFAULT_READ_LIMIT
+
+
+def _size(location) -> int | None:
+    """An output's size in bytes, without reading it (None when the store does not say)."""
+    if storage.is_url(location):
+        return storage.version(location)["size"]
+    return os.stat(location, follow_symlinks=False).st_size
 
 
 def _read(location, limit: int = RECORD_READ_LIMIT) -> bytes:

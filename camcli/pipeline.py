@@ -345,21 +345,24 @@ class Pipeline:
                 "empty": bool(output.empty[i, k]),
                 "overlay": None,
                 "overlay_sha256": None,
+                "overlay_bytes": None,
                 "heatmap": None,
                 "heatmap_sha256": None,
+                "heatmap_bytes": None,
                 **map_stats(cams[k], *item.size).to_json(),
             }
             if options.write:
                 overlay_path = paths.overlay(index, label, several, options.overlay_format)
                 files.append((overlay_path, self._overlay(full, cams[k])))
-                entry["overlay"], entry["overlay_sha256"] = overlay_path.name, sha256(files[-1][1])
+                entry["overlay"] = overlay_path.name
+                entry["overlay_sha256"], entry["overlay_bytes"] = _digest(files[-1][1])
                 if options.save_heatmap:
                     heatmap_path = paths.heatmap(index, label, several)
                     buffer = io.BytesIO()
                     np.save(buffer, cams[k])
                     files.append((heatmap_path, buffer.getvalue()))
                     entry["heatmap"] = heatmap_path.name
-                    entry["heatmap_sha256"] = sha256(files[-1][1])
+                    entry["heatmap_sha256"], entry["heatmap_bytes"] = _digest(files[-1][1])
             entries.append(entry)
         return entries, files
 
@@ -384,6 +387,11 @@ class Pipeline:
         except Exception as exc:
             fmt = options.overlay_format.upper()
             raise _Stage(f"cannot encode the overlay as {fmt}: {_describe(exc)}", exc) from exc
+
+
+def _digest(data: bytes) -> tuple[str, int]:
+    """What a record says of a file it names: its sha256 and its size (checked first)."""
+    return sha256(data), len(data)
 
 
 def _record_bytes(record: dict) -> bytes:

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from cli_helpers import hold_flock
@@ -379,7 +380,8 @@ def _done_record() -> dict:
            "score": "logit", "probability": "softmax"}
     entry = {"index": 1, "wnid": "n01443537", "label": "goldfish", "logit": 2.5,
              "probability": 0.4, "empty": False, "overlay": "a.png.cam.png",
-             "overlay_sha256": "0" * 64, "heatmap": None, "heatmap_sha256": None,
+             "overlay_sha256": "0" * 64, "overlay_bytes": 9, "heatmap": None,
+             "heatmap_sha256": None, "heatmap_bytes": None,
              "peak": {"x": 3.0, "y": 4.0}, "centroid": None, "top20_energy_share": 0.3}
     prediction = {"rank": 1, "index": 1, "wnid": "n01443537", "label": "goldfish",
                   "probability": 0.4}
@@ -438,7 +440,8 @@ def test_outputs_count_as_done_only_while_they_hold_the_bytes_the_record_hashed(
     overlay.write_bytes(b"overlay bytes")
     heatmap.write_bytes(b"map bytes")
     entry = {"overlay": overlay.name, "overlay_sha256": sha256(b"overlay bytes"),
-             "heatmap": heatmap.name, "heatmap_sha256": sha256(b"map bytes")}
+             "overlay_bytes": 13, "heatmap": heatmap.name, "heatmap_sha256": sha256(b"map bytes"),
+             "heatmap_bytes": 9}
     record = {"settings_fingerprint": "f", "explanations": [entry]}
 
     def done(**changes) -> bool:
@@ -458,5 +461,20 @@ def test_outputs_count_as_done_only_while_they_hold_the_bytes_the_record_hashed(
     assert done()
     assert not done(overlay="../a.jpg.cam.png")  # a record names files beside it only
     assert not done(overlay_sha256=None)
+    assert not done(overlay_bytes=12)  # the size disagrees: not done, and nothing is read
+    from camcli import outputs
+
+    real_read, read = outputs._read, []
+
+    def reading(location, *limit):
+        read.append(Path(location))
+        return real_read(location, *limit)
+
+    with mock.patch("camcli.outputs._read", side_effect=reading):
+        assert done() and overlay in read  # its bytes are hashed when the size agrees
+        read.clear()
+        overlay.write_bytes(b"overlay byt")
+        assert not done() and overlay not in read  # truncated: found by its size alone
+    overlay.write_bytes(b"overlay bytes")
     os.mkfifo(tmp_path / "fifo.png")
     assert not done(overlay="fifo.png")  # refused at once, never waited on
