@@ -300,12 +300,29 @@ def _eight_bit_grey(image: Image.Image) -> Image.Image:
 
 
 def read_full(data: bytes, max_side: int | None = None) -> Image.Image:
-    """The upright RGB image at full resolution (or with its longer side capped at ``max_side``),
-    decoded by :func:`decode_frame` as the model's view was."""
+    """The upright RGB picture the overlay is drawn on, decoded by :func:`decode_frame` as the
+    model's view was: at full resolution, or with its longer side capped at ``max_side`` (never
+    upscaled). A JPEG is decoded at the smallest DCT scale whose longer side still covers the
+    cap (:func:`draft_request`); other formats are decoded whole and reduced by
+    :meth:`~PIL.Image.Image.thumbnail` (box-reduced by integer factors, then bilinear)."""
     image = Image.open(io.BytesIO(data))
     if max_side and image.format == "JPEG":
-        image.draft("RGB", (max_side, max_side))
+        image.draft("RGB", draft_request(image.size, max_side))
     image = decode_frame(image, 3)
     if max_side and max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return image
+
+
+def draft_request(size: tuple[int, int], longer: int) -> tuple[int, int]:
+    """The size to ask :meth:`~PIL.Image.Image.draft` for so that the decoded longer side is at
+    least ``longer``, at the smallest scale that allows it.
+
+    Pillow's draft keeps both requested sides, so a square request (``longer``, ``longer``)
+    would hold the *shorter* side to the cap too and decode a 4032×3024 photo at 1/2 scale where
+    1/4 (1008×756) covers a 1,000-pixel cap. The request has the image's own aspect ratio.
+    """
+    width, height = size
+    if width >= height:
+        return longer, max(1, -(-longer * height // width))
+    return max(1, -(-longer * width // height)), longer

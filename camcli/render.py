@@ -23,6 +23,11 @@ OVERLAY_FORMATS = ("png", "jpg", "webp")
 #: PNG-filtered rows of a smooth overlay). benchmarks/bench_overlay.py measures the choices.
 PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 JPEG_QUALITY = 90
+#: The overlay's longer side unless ``--max-overlay-side`` says otherwise (0: full resolution).
+#: An overlay is for looking at: 1,024 pixels fill a laptop screen's image view, and a 12 MP
+#: photo's overlay is then ~0.8-0.95 MB of PNG and ~50 ms to encode instead of 6-14 MB and ~0.8 s
+#: (README, Performance; benchmarks/bench_photos.py).
+DEFAULT_MAX_OVERLAY_SIDE = 1024
 WEBP_QUALITY = 85
 
 

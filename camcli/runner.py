@@ -109,7 +109,7 @@ def stop_when_full(results: Iterator[ImageResult]) -> Iterator[ImageResult]:
 
 def _run(pipeline, inputs, batch_size, workers, stop) -> Iterator[ImageResult]:
     found, compiled, remote = inputs.discover(pipeline.stats)
-    workers = workers or max(1, os.cpu_count() or 1)
+    workers = workers or usable_cores()
     remote_out = storage.is_url(pipeline.options.out_dir)
     readers = max(workers, storage.IO_WORKERS) if remote else workers
     putters = max(workers, storage.IO_WORKERS) if remote or remote_out else workers
@@ -154,6 +154,15 @@ def _run(pipeline, inputs, batch_size, workers, stop) -> Iterator[ImageResult]:
         finally:  # closed early (a full disk): drop the work not yet started
             decoders.shutdown(wait=False, cancel_futures=True)
             writers.shutdown(wait=False, cancel_futures=True)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, Slurm, a cpuset), which
+    the decode and output pools fill; the machine's count where affinity is unknown."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def decoder(pipeline: Pipeline, inputs: Inputs):
