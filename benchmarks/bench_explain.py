@@ -49,11 +49,16 @@ CAMCLI = [sys.executable, "-m", "camcli.cli"]
 # --------------------------------------------------------------------------- inputs
 
 
+def sample_photos() -> list[Image.Image]:
+    """The sample photos, RGB, in name order."""
+    return [Image.open(p).convert("RGB") for p in sorted((ROOT / "sample_images").glob("*.*"))
+            if p.suffix.lower() in (".png", ".jpg")]
+
+
 def make_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
     """Deterministic photo-like JPEGs: random crops of the sample photos, 0.1-0.8 megapixels."""
     rng = np.random.default_rng(seed)
-    photos = [Image.open(p).convert("RGB") for p in sorted((ROOT / "sample_images").glob("*.*"))
-              if p.suffix.lower() in (".png", ".jpg")]
+    photos = sample_photos()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
@@ -113,25 +118,26 @@ def forward_rate(explainer, paths, batch: int) -> float:
 
 
 def output_rate(paths, out: Path, layer_hw: tuple[int, int], fmt: str = "png") -> float:
-    """R: everything camcli does per image except the model, on all cores."""
+    """R: everything camcli does per image except the model (default overlay size), on every
+    core this process may use."""
     from camcli import images, render
     from camcli.heatmaps import map_stats
     from camcli.outputs import OutputPaths, atomic_write, to_json_bytes
+    from camcli.runner import usable_cores
 
     rng = np.random.default_rng(1)
     cams = rng.random((len(paths), *layer_hw)).astype(np.float32)
 
     def one(i: int) -> None:
-        item = images.read_for_model(paths[i], (224, 224))
-        full = images.read_full(item.data)
-        picture = render.overlay(full, cams[i])
+        item = images.read_for_model(paths[i], (224, 224),
+                                     overlay_side=render.DEFAULT_MAX_OVERLAY_SIDE)
+        picture = render.overlay(item.picture, cams[i])
         names = OutputPaths.for_input(paths[i], out)
         atomic_write(names.overlay(0, "x", False, fmt), render.encode(picture, fmt))
         stats = map_stats(cams[i], *item.size).to_json()
         atomic_write(names.record, to_json_bytes({"stats": stats}))
 
-    workers = os.cpu_count() or 1
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(usable_cores()) as pool:
         seconds = timed(lambda: list(pool.map(one, range(len(paths)))))
     return len(paths) / seconds
 
@@ -197,8 +203,9 @@ def tfkerasvis_rate(model_name: str, paths, batch: int) -> float | None:
     return len(x) / timed(lambda: run(len(x)))
 
 
-def api_rate(explainer, folder: Path):
-    """camcli end to end through the Python API with a warm engine; returns (rate, stats)."""
+def api_rate(explainer, folder: Path, options=None):
+    """camcli end to end through the Python API with a warm engine (default output options
+    unless ``options``); returns (rate, stats, seconds)."""
     from camcli.api import RunStats
 
     height, width = explainer.loaded.input_size
@@ -207,7 +214,7 @@ def api_rate(explainer, folder: Path):
     stats = RunStats()
     clean_outputs(folder)
     start = time.perf_counter()
-    results = list(explainer.run([str(folder)], stats=stats))
+    results = list(explainer.run([str(folder)], options, stats=stats))
     seconds = time.perf_counter() - start
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
     return len(results) / seconds, stats, seconds

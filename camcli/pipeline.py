@@ -375,9 +375,17 @@ class Pipeline:
             entries.append(entry)
         return entries, files
 
+    def overlay_side(self) -> int | None:
+        """The overlay's longer side to decode together with the model's view (the decode
+        stage's ``overlay_side``): None when nothing is drawn or the overlay is full size."""
+        options = self.options
+        return options.max_overlay_side if options.write and options.max_overlay_side else None
+
     def _full_image(self, item):
         """The picture the overlay is drawn on (its longer side capped at
-        ``max_overlay_side``), decoded from the bytes the model saw."""
+        ``max_overlay_side``): decoded with the model's view, or now from the same bytes."""
+        if item.picture is not None:
+            return item.picture
         try:
             with self.stats.time("decode"), native_stderr.decoding(item.path):
                 return images.read_full(item.data, self.options.max_overlay_side)

@@ -171,6 +171,7 @@ def decoder(pipeline: Pipeline, inputs: Inputs):
     dataset of bytes); otherwise they are read from ``path``."""
     loaded = pipeline.explainer.loaded
     size = tuple(loaded.input_size)
+    overlay_side = pipeline.overlay_side()
 
     def decode(path: Path, data: bytes | None = None):
         try:  # first: an input with no safe place for its outputs is not even read
@@ -186,8 +187,9 @@ def decoder(pipeline: Pipeline, inputs: Inputs):
                 limits = (inputs.max_pixels, inputs.max_bytes)
                 if data is None:
                     return images.read_for_model(path, size, loaded.channels, *limits,
-                                                 stop=pipeline.stop)
-                return images.decode_for_model(path, data, size, loaded.channels, *limits)
+                                                 stop=pipeline.stop, overlay_side=overlay_side)
+                return images.decode_for_model(path, data, size, loaded.channels, *limits,
+                                               overlay_side=overlay_side)
         except InputError as exc:
             return exc
         except Exception as exc:  # a decoder bug on one odd file must not stop the run

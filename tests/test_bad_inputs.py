@@ -261,10 +261,10 @@ def test_failed_inputs_get_no_outputs_and_no_input_is_touched(messy_run):
 
 
 def test_odd_formats_get_a_full_size_upright_overlay_and_a_record(messy_run):
-    """Full size up to the default cap of 1,024 pixels on the longer side (the panorama)."""
+    """Full size up to the default cap of 1,000 pixels on the longer side (the panorama)."""
     records = _json_lines(messy_run)
     for arg, size in messy_run.sizes.items():
-        scale = min(1.0, 1024 / max(size))
+        scale = min(1.0, 1000 / max(size))
         shown = (round(size[0] * scale), round(size[1] * scale))
         record = records[arg]
         assert record["ok"] is True, (arg, record)
@@ -312,9 +312,9 @@ def test_overlays_show_the_upright_first_frame_composited_on_white(messy_run):
     deep = _overlay(messy_run, "deep16.png")  # 16-bit: 60000 is bright, 200 is nearly black
     assert deep[:, :14].min() > 135 and deep[:, 18:].max() < DARK
 
-    pano = _overlay(messy_run, "pano.jpg")  # all 4000 px, capped at 1024 wide: red left half
-    assert pano.shape == (77, 1024, 3)
-    assert pano[:, :486, 0].mean() > BRIGHT and pano[:, 538:, 0].mean() < DARK
+    pano = _overlay(messy_run, "pano.jpg")  # all 4000 px, capped at 1000 wide: red left half
+    assert pano.shape == (75, 1000, 3)
+    assert pano[:, :475, 0].mean() > BRIGHT and pano[:, 525:, 0].mean() < DARK
 
 
 # --------------------------------------------------------------------------- one file, many names
