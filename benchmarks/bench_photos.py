@@ -139,6 +139,8 @@ def main() -> int:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--cores", action="store_true",
                         help="also compare 1 and 2 cores with taskset")
+    parser.add_argument("--cores-only", action="store_true",
+                        help="only the taskset comparison")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -156,6 +158,9 @@ def main() -> int:
         mb = np.mean([p.stat().st_size for p in paths]) / 1e6
         print(f"{len(paths)} JPEGs of {PHONE[0]}×{PHONE[1]} (mean {mb:.2f} MB); {args.model}, "
               f"weights=None, float32, batch 16\n{machine()}\n")
+        if args.cores_only:
+            cores(args, work)
+            return 0
         explainer = Explainer(model=args.model, weights="none", batch_size=16)
         rows = [measure(explainer, paths, work / "photos", work, full=True)
                 for _ in range(args.rounds)]

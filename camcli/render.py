@@ -19,8 +19,8 @@ from PIL import Image
 COLORMAPS = ("jet", "turbo", "viridis", "inferno", "gray")
 OVERLAY_FORMATS = ("png", "jpg", "webp")
 #: PNG overlays are written by fpng (richgel999's fpng through the ``fpng`` wheel): lossless,
-#: ~15x faster than Pillow's zlib level 1 for 25-40 % larger files; the encoder is most of an
-#: overlay's cost, so this is the choice (README, Performance; benchmarks/bench_overlay.py).
+#: ~15x faster than Pillow's fastest setting (below) for ~30 % larger files; the encoder was
+#: most of an overlay's cost, so this is the choice (README, Performance; bench_overlay.py).
 #: Pillow's best setting, kept for the benchmark's comparison: zlib level 1, run-length strategy.
 PILLOW_PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 JPEG_QUALITY = 90
