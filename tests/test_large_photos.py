@@ -166,7 +166,8 @@ def test_none_and_zero_both_keep_full_resolution_and_fingerprint_alike():
 # --------------------------------------------------------------------------- scaled decoding
 
 
-def _views() -> dict[str, bytes]:
+@pytest.fixture(scope="module")
+def views() -> dict[str, bytes]:
     """name -> file bytes: the sample photos as they are, each as a 12 MP JPEG (DCT scaling)
     and one as a 12 MP PNG (decoded whole, then box-reduced)."""
     views = {}
@@ -184,10 +185,11 @@ def _views() -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("overlay_side", [None, render.DEFAULT_MAX_OVERLAY_SIDE])
-def test_the_models_scaled_decode_is_equivalent_to_a_full_decode(bundled, tmp_path, overlay_side):
+def test_the_models_scaled_decode_is_equivalent_to_a_full_decode(
+    bundled, tmp_path, overlay_side, views
+):
     """For the model alone (1/8 DCT scale for a 12 MP JPEG), and decoded together with the
     default overlay (1/4 scale, the overlay's picture kept)."""
-    views = _views()
     scaled, full = [], []
     for name, data in views.items():
         path = tmp_path / name
