@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import schema_errors
 from PIL import Image, ImageOps
 
 from camcli import images, render
@@ -113,6 +114,7 @@ def test_overlay_longer_side_is_capped_and_the_record_says_its_size(
         size, entry = _overlay(capped_runs[cap, "files"][name], records[name])
         assert size == expected, (cap, name, size)
         assert (entry["overlay_width"], entry["overlay_height"]) == size
+        assert schema_errors(records[name], "record_file") == []
         assert (records[name]["input"]["width"], records[name]["input"]["height"]) == full
 
 
