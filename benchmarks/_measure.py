@@ -68,6 +68,6 @@ def load() -> str:
 def bf16_native() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): only there is a
     bfloat16 speed goal a goal; elsewhere the benchmark reports it and never fails."""
-    from camcli.precision import BF16_CPU_FLAGS, cpu_flags
+    from camcli.precision import cpu_flags, slow_reason
 
-    return bool(BF16_CPU_FLAGS & cpu_flags())
+    return slow_reason("bfloat16", cpu_flags(), gpus=0) is None
