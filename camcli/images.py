@@ -1,8 +1,10 @@
 """Finding inputs and decoding them: files, folders, globs and stdin; every Pillow mode to RGB.
 
-No TensorFlow here. Decoding for the model is cheap on purpose: JPEGs are decoded at reduced
-scale (draft mode) straight to the model's input size; the full-resolution image is decoded
-again, from the same bytes, only behind the model when the overlay is drawn.
+No TensorFlow here. Each input is decoded once, at the smallest size that covers both the
+model's input and the overlay: JPEGs at a reduced DCT scale (Pillow's draft mode, libjpeg-turbo's
+scaled decoding), other formats whole; both views are then reduced from that one frame. Only a
+full-resolution overlay (``--max-overlay-side 0``) is decoded again, from the same bytes, behind
+the model, so that queued inputs never hold full-size pictures.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class DecodedImage:
     data: bytes
     size: tuple[int, int]  # (width, height) of the upright full-resolution image
     pixels: np.ndarray  # (height, width, channels) uint8 at the model's input size
+    picture: Image.Image | None = None  # the overlay's RGB picture, when decoded with the pixels
 
 
 # --------------------------------------------------------------------------- discovery
@@ -159,12 +162,14 @@ def read_for_model(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
     stop=None,
+    overlay_side: int | None = None,
 ) -> DecodedImage:
     """Read ``path`` and decode it at the model's ``size`` (height, width), or raise InputError.
     At most :func:`~camcli.limits.read_limit` ``(max_pixels, max_bytes)`` bytes are read;
-    ``stop`` (SIGINT/SIGTERM) ends a read that waits on a web server."""
+    ``stop`` (SIGINT/SIGTERM) ends a read that waits on a web server. ``overlay_side``: see
+    :func:`decode_for_model`."""
     data = read_bytes(path, read_limit(max_pixels, max_bytes), stop)
-    return decode_for_model(path, data, size, channels, max_pixels, max_bytes)
+    return decode_for_model(path, data, size, channels, max_pixels, max_bytes, overlay_side)
 
 
 def decode_for_model(
@@ -174,29 +179,42 @@ def decode_for_model(
     channels: int = 3,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
+    overlay_side: int | None = None,
 ) -> DecodedImage:
     """Decode ``data`` (the bytes of ``path``, already read) at the model's ``size``, or raise
-    InputError naming ``path``."""
+    InputError naming ``path``.
+
+    ``overlay_side``: also keep the overlay's picture (``picture``: RGB, its longer side capped
+    at ``overlay_side``) from the same decode, which then covers both. None (or 0, a full-size
+    overlay, or a one-channel model): only the model's view; :func:`read_full` decodes the
+    overlay's picture later from ``data``.
+    """
     limit = read_limit(max_pixels, max_bytes)
     if len(data) > limit:
         raise InputError(path, too_large(limit))
     height, width = size
+    keep = bool(overlay_side) and channels == 3
     image = open_image(path, data, max_pixels)
     declared = image.size
     try:
         if image.format == "JPEG":
-            side = max(height, width)  # draft keeps at least this much in both directions
-            image.draft("RGB" if channels == 3 else "L", (side, side))
+            side = max(height, width)  # the model's view is squeezed: both sides need this
+            request = (side, side)
+            if keep:
+                wide, high = draft_request(image.size, overlay_side)
+                request = (max(side, wide), max(side, high))
+            image.draft("RGB" if channels == 3 else "L", request)
         image.load()  # before reading EXIF, which may load it and must not hide its errors
         upright = _upright_size(image, declared)
         image = decode_frame(image, channels)
         resized = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
         pixels = np.asarray(resized, dtype=np.uint8)
+        picture = _capped(image, overlay_side) if keep else None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(path, f"cannot decode image: {exc}") from exc
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    return DecodedImage(path=path, data=data, size=upright, pixels=pixels)
+    return DecodedImage(path=path, data=data, size=upright, pixels=pixels, picture=picture)
 
 
 def read_bytes(path: Path | storage.Url, limit: int = DEFAULT_READ_LIMIT, stop=None) -> bytes:
@@ -300,12 +318,33 @@ def _eight_bit_grey(image: Image.Image) -> Image.Image:
 
 
 def read_full(data: bytes, max_side: int | None = None) -> Image.Image:
-    """The upright RGB image at full resolution (or with its longer side capped at ``max_side``),
-    decoded by :func:`decode_frame` as the model's view was."""
+    """The upright RGB picture the overlay is drawn on, decoded by :func:`decode_frame` as the
+    model's view was: at full resolution, or with its longer side capped at ``max_side`` (never
+    upscaled). A JPEG is decoded at the smallest DCT scale whose longer side still covers the
+    cap (:func:`draft_request`); other formats are decoded whole and reduced by
+    :meth:`~PIL.Image.Image.thumbnail` (box-reduced by integer factors, then bilinear)."""
     image = Image.open(io.BytesIO(data))
     if max_side and image.format == "JPEG":
-        image.draft("RGB", (max_side, max_side))
-    image = decode_frame(image, 3)
+        image.draft("RGB", draft_request(image.size, max_side))
+    return _capped(decode_frame(image, 3), max_side)
+
+
+def _capped(image: Image.Image, max_side: int | None) -> Image.Image:
+    """``image`` with its longer side reduced to ``max_side`` (in place), never enlarged."""
     if max_side and max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return image
+
+
+def draft_request(size: tuple[int, int], longer: int) -> tuple[int, int]:
+    """The size to ask :meth:`~PIL.Image.Image.draft` for so that the decoded longer side is at
+    least ``longer``, at the smallest scale that allows it.
+
+    Pillow's draft keeps both requested sides, so a square request (``longer``, ``longer``)
+    would hold the *shorter* side to the cap too and decode a 4032×3024 photo at 1/2 scale where
+    1/4 (1008×756) covers a 1,000-pixel cap. The request has the image's own aspect ratio.
+    """
+    width, height = size
+    if width >= height:
+        return longer, max(1, -(-longer * height // width))
+    return max(1, -(-longer * width // height)), longer

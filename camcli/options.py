@@ -33,7 +33,7 @@ from camcli.limits import (
     READ_MARGIN_BYTES,
 )
 from camcli.methods import DEFAULT_CHUNK_SIZE, method_names
-from camcli.render import COLORMAPS, OVERLAY_FORMATS
+from camcli.render import COLORMAPS, DEFAULT_MAX_OVERLAY_SIDE, OVERLAY_FORMATS
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,9 @@ TOP_K = spec("top_k", int, 5, help="Predictions listed in the JSON.")
 RENDER: tuple[Spec, ...] = (
     spec("colormap", str, "jet", help=f"Overlay colormap: {', '.join(COLORMAPS)}."),
     spec("alpha", float, 0.4, help="Heatmap opacity in the overlay (0-1)."),
-    spec("max_overlay_side", int | None, None,
-         help="Cap the overlay's longer side (pixels)."),
+    spec("max_overlay_side", int, DEFAULT_MAX_OVERLAY_SIDE,
+         help="Cap the overlay's longer side (pixels; never upscaled); 0 keeps the input's "
+         "full resolution. The JSON stays in input pixels."),
 )
 
 #: The files ``explain`` writes beside (or under ``--out-dir``) each input.

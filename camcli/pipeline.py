@@ -107,7 +107,7 @@ class OutputOptions:
     alpha: float = 0.4
     overlay_format: str = "png"
     save_heatmap: bool = False
-    max_overlay_side: int | None = None
+    max_overlay_side: int | None = render.DEFAULT_MAX_OVERLAY_SIDE  # 0 or None: full size
     write: bool = True
     storage_options: storage.StorageOptions = storage.NO_OPTIONS  # for a URL out_dir
 
@@ -121,6 +121,12 @@ class OutputOptions:
             )
         if not 0.0 <= self.alpha <= 1.0:
             raise UsageError(f"--alpha must be between 0 and 1, not {self.alpha}")
+        if self.max_overlay_side is not None and self.max_overlay_side < 0:
+            raise UsageError(
+                f"--max-overlay-side must be 0 (full resolution) or more, "
+                f"not {self.max_overlay_side}"
+            )
+        object.__setattr__(self, "max_overlay_side", self.max_overlay_side or 0)
 
     def settings(self) -> dict:
         """The options that change the outputs' content (hashed into the fingerprint)."""
@@ -346,6 +352,8 @@ class Pipeline:
                 "overlay": None,
                 "overlay_sha256": None,
                 "overlay_bytes": None,
+                "overlay_width": None,
+                "overlay_height": None,
                 "heatmap": None,
                 "heatmap_sha256": None,
                 "heatmap_bytes": None,
@@ -356,6 +364,7 @@ class Pipeline:
                 files.append((overlay_path, self._overlay(full, cams[k])))
                 entry["overlay"] = overlay_path.name
                 entry["overlay_sha256"], entry["overlay_bytes"] = _digest(files[-1][1])
+                entry["overlay_width"], entry["overlay_height"] = full.size
                 if options.save_heatmap:
                     heatmap_path = paths.heatmap(index, label, several)
                     buffer = io.BytesIO()
@@ -366,8 +375,17 @@ class Pipeline:
             entries.append(entry)
         return entries, files
 
+    def overlay_side(self) -> int | None:
+        """The overlay's longer side to decode together with the model's view (the decode
+        stage's ``overlay_side``): None when nothing is drawn or the overlay is full size."""
+        options = self.options
+        return options.max_overlay_side if options.write and options.max_overlay_side else None
+
     def _full_image(self, item):
-        """The full-resolution picture the overlay is drawn on, from the bytes the model saw."""
+        """The picture the overlay is drawn on (its longer side capped at
+        ``max_overlay_side``): decoded with the model's view, or now from the same bytes."""
+        if item.picture is not None:
+            return item.picture
         try:
             with self.stats.time("decode"), native_stderr.decoding(item.path):
                 return images.read_full(item.data, self.options.max_overlay_side)

@@ -18,11 +18,18 @@ from PIL import Image
 
 COLORMAPS = ("jet", "turbo", "viridis", "inferno", "gray")
 OVERLAY_FORMATS = ("png", "jpg", "webp")
-#: zlib level 1 with the run-length strategy: 4-5x faster than Pillow's default (level 6) and
-#: faster than plain level 1, with files about 15 % smaller than level 1's (Z_RLE suits the
-#: PNG-filtered rows of a smooth overlay). benchmarks/bench_overlay.py measures the choices.
-PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
+#: PNG overlays are written by fpng (richgel999's fpng through the ``fpng`` wheel): lossless,
+#: ~15x faster than Pillow's fastest setting (below) for ~30 % larger files; the encoder was
+#: most of an overlay's cost, so this is the choice (README, Performance; bench_overlay.py).
+#: Pillow's best setting, kept for the benchmark's comparison: zlib level 1, run-length strategy.
+PILLOW_PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 JPEG_QUALITY = 90
+#: The overlay's longer side unless ``--max-overlay-side`` says otherwise (0: full resolution).
+#: An overlay is for looking at: 1,000 pixels fill a laptop screen's image view, and a 12 MP
+#: photo's overlay is then ~1 MB of PNG instead of 6-14 MB. 1,000 rather than 1,024: the usual
+#: 12 MP photo (4000-4080 pixels wide) then decodes at 1/4 DCT scale (1008 wide) instead of 1/2,
+#: 30 % less decoding (README, Performance; benchmarks/bench_photos.py).
+DEFAULT_MAX_OVERLAY_SIDE = 1000
 WEBP_QUALITY = 85
 
 
@@ -58,10 +65,13 @@ def overlay(image: Image.Image, cam: np.ndarray, name: str = "jet", alpha: float
 
 def encode(image: Image.Image, fmt: str = "png") -> bytes:
     """Encode an overlay; the settings are the measured speed/size trade-offs above."""
-    buffer = io.BytesIO()
     if fmt == "png":
-        image.save(buffer, "PNG", **PNG_OPTIONS)
-    elif fmt in ("jpg", "jpeg"):
+        import fpng
+
+        rgb = image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
+        return fpng.from_ndarray(np.asarray(rgb))
+    buffer = io.BytesIO()
+    if fmt in ("jpg", "jpeg"):
         image.save(buffer, "JPEG", quality=JPEG_QUALITY)
     elif fmt == "webp":
         image.save(buffer, "WEBP", quality=WEBP_QUALITY)

@@ -109,7 +109,7 @@ def stop_when_full(results: Iterator[ImageResult]) -> Iterator[ImageResult]:
 
 def _run(pipeline, inputs, batch_size, workers, stop) -> Iterator[ImageResult]:
     found, compiled, remote = inputs.discover(pipeline.stats)
-    workers = workers or max(1, os.cpu_count() or 1)
+    workers = workers or usable_cores()
     remote_out = storage.is_url(pipeline.options.out_dir)
     readers = max(workers, storage.IO_WORKERS) if remote else workers
     putters = max(workers, storage.IO_WORKERS) if remote or remote_out else workers
@@ -156,12 +156,22 @@ def _run(pipeline, inputs, batch_size, workers, stop) -> Iterator[ImageResult]:
             writers.shutdown(wait=False, cancel_futures=True)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, Slurm, a cpuset), which
+    the decode and output pools fill; the machine's count where affinity is unknown."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def decoder(pipeline: Pipeline, inputs: Inputs):
     """The decode stage for one input: :data:`SKIPPED`, decoded for the model, or an
     InputError. ``data``: the input's bytes when the caller has read them already (a Ray
     dataset of bytes); otherwise they are read from ``path``."""
     loaded = pipeline.explainer.loaded
     size = tuple(loaded.input_size)
+    overlay_side = pipeline.overlay_side()
 
     def decode(path: Path, data: bytes | None = None):
         try:  # first: an input with no safe place for its outputs is not even read
@@ -177,8 +187,9 @@ def decoder(pipeline: Pipeline, inputs: Inputs):
                 limits = (inputs.max_pixels, inputs.max_bytes)
                 if data is None:
                     return images.read_for_model(path, size, loaded.channels, *limits,
-                                                 stop=pipeline.stop)
-                return images.decode_for_model(path, data, size, loaded.channels, *limits)
+                                                 stop=pipeline.stop, overlay_side=overlay_side)
+                return images.decode_for_model(path, data, size, loaded.channels, *limits,
+                                               overlay_side=overlay_side)
         except InputError as exc:
             return exc
         except Exception as exc:  # a decoder bug on one odd file must not stop the run

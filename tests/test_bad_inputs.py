@@ -3,9 +3,9 @@
 One folder holds every kind of bad input next to every odd format that must work; it is explained
 in one run (as a user without root's file privileges, so an unreadable file is unreadable) and
 each file's fate is checked: one ``path: reason`` line on stderr and an ``"ok": false`` JSON
-record per failure, a full-size upright overlay per success, exit code 1, the right summary and
-no traceback. A second run covers ``--recursive`` over a symlink loop, one file named many ways,
-overlapping globs, a small ``--max-pixels`` and what ``--debug`` adds.
+record per failure, an upright overlay of the whole picture per success, exit code 1, the right
+summary and no traceback. A second run covers ``--recursive`` over a symlink loop, one file named
+many ways, overlapping globs, a small ``--max-pixels`` and what ``--debug`` adds.
 
 Random weights (``--weights none``) and a dead proxy: nothing is ever downloaded.
 """
@@ -261,15 +261,18 @@ def test_failed_inputs_get_no_outputs_and_no_input_is_touched(messy_run):
 
 
 def test_odd_formats_get_a_full_size_upright_overlay_and_a_record(messy_run):
+    """Full size up to the default cap of 1,000 pixels on the longer side (the panorama)."""
     records = _json_lines(messy_run)
     for arg, size in messy_run.sizes.items():
+        scale = min(1.0, 1000 / max(size))
+        shown = (round(size[0] * scale), round(size[1] * scale))
         record = records[arg]
         assert record["ok"] is True, (arg, record)
         overlay = messy_run.root / f"{arg}.cam.png"
         assert record["files"] == [f"{arg}.cam.png", f"{arg}.cam.json"]
         with Image.open(overlay) as image:
             assert image.format == "PNG" and image.mode == "RGB"
-            assert image.size == size, arg
+            assert image.size == shown, arg
             image.load()  # the whole file decodes
         assert (record["input"]["width"], record["input"]["height"]) == size
         on_disk = json.loads((messy_run.root / f"{arg}.cam.json").read_text())
@@ -309,9 +312,9 @@ def test_overlays_show_the_upright_first_frame_composited_on_white(messy_run):
     deep = _overlay(messy_run, "deep16.png")  # 16-bit: 60000 is bright, 200 is nearly black
     assert deep[:, :14].min() > 135 and deep[:, 18:].max() < DARK
 
-    pano = _overlay(messy_run, "pano.jpg")  # the whole 4000 px width, red left half
-    assert pano.shape == (300, 4000, 3)
-    assert pano[:, :1900, 0].mean() > BRIGHT and pano[:, 2100:, 0].mean() < DARK
+    pano = _overlay(messy_run, "pano.jpg")  # all 4000 px, capped at 1000 wide: red left half
+    assert pano.shape == (75, 1000, 3)
+    assert pano[:, :475, 0].mean() > BRIGHT and pano[:, 525:, 0].mean() < DARK
 
 
 # --------------------------------------------------------------------------- one file, many names

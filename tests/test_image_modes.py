@@ -211,12 +211,17 @@ def test_every_mode_is_explained_with_the_right_picture(explained, name):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_model_sees_the_overlays_frame(tmp_path, name):
-    """read_for_model at the image's own size gives exactly the overlay's picture."""
+    """read_for_model at the image's own size gives exactly the overlay's picture, whether the
+    overlay is decoded later (read_full) or in the same decode (``overlay_side``)."""
     path = tmp_path / name
     path.write_bytes(CASES[name][0])
     item = images.read_for_model(path, (H, W), 3)
     full = np.asarray(images.read_full(item.data))
     assert np.array_equal(item.pixels, full)
+    together = images.read_for_model(path, (H, W), 3, overlay_side=1000)
+    assert together.picture.mode == "RGB" and "transparency" not in together.picture.info
+    assert np.array_equal(np.asarray(together.picture), full)
+    assert np.array_equal(together.pixels, full)
     one = images.read_for_model(path, (H, W), 1)
     assert one.pixels.shape == (H, W, 1)
 

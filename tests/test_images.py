@@ -234,12 +234,17 @@ def test_exif_orientation_6_gives_an_upright_image(tmp_path):
     path = tmp_path / "phone.jpg"
     Image.fromarray(stored).save(path, exif=exif, quality=95)
 
-    decoded = read_for_model(path, (64, 32))  # JPEG draft decoding is used at this size
-    assert decoded.size == (200, 400)
-    assert decoded.pixels.shape == (64, 32, 3)
-    top, bottom = decoded.pixels[4:12].mean(axis=(0, 1)), decoded.pixels[30:60].mean(axis=(0, 1))
-    assert top[0] > 200 and top[1] < 40 and top[2] < 40
-    assert bottom.max() < 30
+    for overlay_side in (None, 100):  # JPEG draft decoding is used at these sizes
+        decoded = read_for_model(path, (64, 32), overlay_side=overlay_side)
+        assert decoded.size == (200, 400)
+        assert decoded.pixels.shape == (64, 32, 3)
+        pixels = decoded.pixels
+        top, bottom = pixels[4:12].mean(axis=(0, 1)), pixels[30:60].mean(axis=(0, 1))
+        assert top[0] > 200 and top[1] < 40 and top[2] < 40
+        assert bottom.max() < 30
+    picture = np.asarray(decoded.picture)  # the overlay's, decoded with the model's view
+    assert picture.shape == (100, 50, 3)
+    assert picture[:20, :, 0].min() > 200 and picture[30:].max() < 30
 
 
 def test_one_pixel_image(tmp_path):

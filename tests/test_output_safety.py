@@ -5,8 +5,9 @@
   ``--out-dir .`` and ``--out-dir`` equal to the input folder.
 - An output folder that cannot be written fails that input with a clear reason (run without
   root's file privileges); inputs elsewhere are still explained.
-- A 40-megapixel JPEG is explained with bounded memory (the child's peak RSS is measured), and
-  ``--max-overlay-side`` caps the overlay while the JSON stays in input pixels.
+- A 40-megapixel JPEG is explained with bounded memory (the child's peak RSS is measured) with
+  a full-resolution overlay (``--max-overlay-side 0``), and ``--max-overlay-side`` caps the
+  overlay while the JSON stays in input pixels.
 
 Random weights (``--weights none``) and a dead proxy: nothing is ever downloaded.
 """
@@ -276,7 +277,7 @@ def huge_jpeg(tmp_path_factory):
 def test_a_40_megapixel_jpeg_is_explained_in_bounded_memory(huge_jpeg):
     # Both runs at once (each child's peak is its own): full size, and the overlay capped.
     (returncode, stdout, stderr, peak), capped_run = _run_measured([
-        ["huge.jpg", *MODEL, "--json"],
+        ["huge.jpg", "--max-overlay-side", "0", *MODEL, "--json"],
         ["huge.jpg", "-o", "capped", "--max-overlay-side", "1000", *MODEL, "--json"],
     ], huge_jpeg)
     assert returncode == 0, stderr

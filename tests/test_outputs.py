@@ -380,8 +380,8 @@ def _done_record() -> dict:
            "score": "logit", "probability": "softmax"}
     entry = {"index": 1, "wnid": "n01443537", "label": "goldfish", "logit": 2.5,
              "probability": 0.4, "empty": False, "overlay": "a.png.cam.png",
-             "overlay_sha256": "0" * 64, "overlay_bytes": 9, "heatmap": None,
-             "heatmap_sha256": None, "heatmap_bytes": None,
+             "overlay_sha256": "0" * 64, "overlay_bytes": 9, "overlay_width": 40,
+             "overlay_height": 30, "heatmap": None, "heatmap_sha256": None, "heatmap_bytes": None,
              "peak": {"x": 3.0, "y": 4.0}, "centroid": None, "top20_energy_share": 0.3}
     prediction = {"rank": 1, "index": 1, "wnid": "n01443537", "label": "goldfish",
                   "probability": 0.4}
