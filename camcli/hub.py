@@ -87,7 +87,7 @@ def _download(keras_hub, name: str, folder: Path, load_weights: bool):
         raise WeightsError(
             f"keras-hub preset {name!r} is not in the kagglehub cache ({folder}; set "
             f"KAGGLEHUB_CACHE to use another) and could not be downloaded "
-            f"({_first_line(exc)}); to work offline, pass --model PATH_TO_PRESET_FOLDER "
+            f"({_short(exc)}); to work offline, pass --model PATH_TO_PRESET_FOLDER "
             "(a folder written by save_to_preset)"
         ) from exc
 
@@ -138,6 +138,11 @@ def _values(value, default: float) -> tuple[float, ...]:
 def is_hub_model(model) -> bool:
     """Whether ``model`` is a keras-hub task (without importing keras-hub)."""
     return type(model).__module__.startswith("keras_hub")
+
+
+def _short(exc: BaseException) -> str:
+    """The exception's first line, cut before its nested causes (kagglehub's are long)."""
+    return _first_line(exc).split(" (Caused by")[0].split(": HTTPSConnectionPool")[0][:160]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -133,7 +133,8 @@ def default_token_layer(model, layers: list[TokenLayer]) -> tuple[TokenLayer, st
         for candidate in layers:
             if norms and candidate.layer is norms[0]:
                 return candidate, DEFAULT_REASON
-    return layers[-1], "the last layer whose output is image tokens"
+    leaves = [c for c in layers if not c.layer._flatten_layers(include_self=False, recursive=False)]
+    return (leaves or layers)[-1], "the last layer whose output is image tokens"
 
 
 def find(layers: list[TokenLayer], path: str) -> list[TokenLayer]:
