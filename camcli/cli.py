@@ -407,7 +407,8 @@ def layers(
     model: Annotated[str, typer.Argument(help="Registry model name or .keras/.h5 model file.")],
     **options,
 ):
-    """List the layers with 4-D outputs (possible --layer targets); * marks the default."""
+    """List the layers with 4-D outputs, or a transformer's token layers (possible --layer
+    targets); * marks the default."""
     debug = options["debug"]
     _quiet_tensorflow(debug)
     _warn_model_options({"unsafe_model": options["unsafe_model"]})
@@ -422,6 +423,13 @@ def layers(
             {"layer": s.path, "shape": list(s.shape), "default": s.path == loaded.layer_path}
             for s in loading.spatial_layers(loaded.model)
         ]
+        reason = None
+        if loaded.adapter(0).kind == "tokens":  # a transformer: its token layers, as grids
+            found, (_, reason) = loading.token_targets(loaded.model, loaded.input_size,
+                                                       loaded.channels)
+            rows = [{"layer": t.path, "shape": list(t.shape),
+                     "default": t.path == loaded.layer_path, "tokens": t.adapter.describe()}
+                    for t in found]
     except Exception as exc:
         raise _fail(exc, debug) from None
     if options["as_json"]:
@@ -429,8 +437,9 @@ def layers(
         return
     from rich.table import Table
 
-    title = printable(f"{loaded.name}: {len(rows)} layers with 4-D outputs")
-    table = Table(title=title, title_justify="left")
+    kind = "token layers (as grids)" if reason else "layers with 4-D outputs"
+    table = Table(title=printable(f"{loaded.name}: {len(rows)} {kind}"), title_justify="left",
+                  caption=f"* default: {reason}" if reason else None, caption_justify="left")
     for column in ("", "layer", "output (h, w, c)"):
         table.add_column(column)
     for row in rows:

@@ -159,12 +159,13 @@ def read_for_model(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
     stop=None,
+    resample: str = "bilinear",
 ) -> DecodedImage:
     """Read ``path`` and decode it at the model's ``size`` (height, width), or raise InputError.
     At most :func:`~camcli.limits.read_limit` ``(max_pixels, max_bytes)`` bytes are read;
     ``stop`` (SIGINT/SIGTERM) ends a read that waits on a web server."""
     data = read_bytes(path, read_limit(max_pixels, max_bytes), stop)
-    return decode_for_model(path, data, size, channels, max_pixels, max_bytes)
+    return decode_for_model(path, data, size, channels, max_pixels, max_bytes, resample)
 
 
 def decode_for_model(
@@ -174,9 +175,11 @@ def decode_for_model(
     channels: int = 3,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
+    resample: str = "bilinear",
 ) -> DecodedImage:
     """Decode ``data`` (the bytes of ``path``, already read) at the model's ``size``, or raise
-    InputError naming ``path``."""
+    InputError naming ``path``. ``resample``: a Pillow filter name (a keras-hub converter's
+    interpolation: bilinear, bicubic, nearest, lanczos)."""
     limit = read_limit(max_pixels, max_bytes)
     if len(data) > limit:
         raise InputError(path, too_large(limit))
@@ -190,7 +193,8 @@ def decode_for_model(
         image.load()  # before reading EXIF, which may load it and must not hide its errors
         upright = _upright_size(image, declared)
         image = decode_frame(image, channels)
-        resized = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        fil = Image.Resampling[resample.upper()]
+        resized = image.resize((width, height), fil, reducing_gap=3.0)
         pixels = np.asarray(resized, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(path, f"cannot decode image: {exc}") from exc

@@ -73,6 +73,13 @@ class LoadedModel:
         return Spatial(tuple(self.target_layers[index][1].output.shape[1:]))
 
     @property
+    def resample(self) -> str:
+        """How images are resized to the input: a keras-hub converter's interpolation when
+        Pillow has that filter, else bilinear."""
+        wanted = getattr(self.converter, "interpolation", "bilinear").lower()
+        return wanted if wanted in ("nearest", "bilinear", "bicubic", "lanczos") else "bilinear"
+
+    @property
     def target_layers(self) -> list[tuple[str, object]]:
         """Every (path, layer) whose maps are computed; several are fused (``--layer`` twice)."""
         return [(self.layer_path, self.layer), *self.extra_layers]

@@ -103,7 +103,8 @@ def command(app: typer.Typer, *groups: tuple[Spec, ...], **settings):
 
 # --------------------------------------------------------------------------- the model and method
 
-MODEL_HELP = "Registry name (see `camcli models`) or a .keras/.h5 model file."
+MODEL_HELP = ("Registry name or keras-hub preset (see `camcli models`), a .keras/.h5 model file "
+              "or a keras-hub preset folder.")
 WEIGHTS_HELP = (
     "'imagenet' (bundled for the models `camcli models` marks so, else downloaded once into "
     "the Keras cache), 'none' (random) or a file."

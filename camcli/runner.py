@@ -177,8 +177,9 @@ def decoder(pipeline: Pipeline, inputs: Inputs):
                 limits = (inputs.max_pixels, inputs.max_bytes)
                 if data is None:
                     return images.read_for_model(path, size, loaded.channels, *limits,
-                                                 stop=pipeline.stop)
-                return images.decode_for_model(path, data, size, loaded.channels, *limits)
+                                                 stop=pipeline.stop, resample=loaded.resample)
+                return images.decode_for_model(path, data, size, loaded.channels, *limits,
+                                               resample=loaded.resample)
         except InputError as exc:
             return exc
         except Exception as exc:  # a decoder bug on one odd file must not stop the run

@@ -122,6 +122,35 @@ def test_default_layer_is_the_last_blocks_first_layer_norm(shapes_vit):
     assert other.layer_path.endswith("transformer_block_1/ln_1")
 
 
+def test_layers_lists_token_layers_and_says_why_the_default(shapes_vit):
+    run = _camcli("layers", str(shapes_vit.path))
+    assert run.returncode == 0, run.stderr
+    default = [line for line in run.stdout.splitlines() if "│ * │" in line]
+    assert len(default) == 1 and "transformer_block_3/ln_1" in default[0]
+    assert "no class gradient" in run.stdout
+    listed = json.loads(_camcli("layers", str(shapes_vit.path), "--json").stdout)
+    names = [row["layer"] for row in listed]
+    assert any(name.endswith("transformer_block_1/ln_1") for name in names)
+    assert {tuple(row["shape"][:2]) for row in listed} == {(6, 6)}
+
+
+def test_models_lists_hub_presets_without_tensorflow_or_keras_hub():
+    import os
+
+    code = ("import sys; sys.modules['keras_hub'] = None; from camcli.cli import main; "
+            "sys.argv = ['camcli', 'models', 'vit_base*', '--json']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert run.returncode == 0, run.stderr
+    listed = {row["name"]: row for row in json.loads(run.stdout)}
+    vit = listed["vit_base_patch16_224_imagenet"]
+    assert vit["source"] == "keras-hub" and vit["family"] == "vit"
+    assert vit["input_size"] == [224, 224] and vit["parameters"] == 85798656
+    assert vit["weights"] == "download"
+
+
 def test_adapter_gradcam_equals_a_hand_written_gradient_tape(shapes_vit):
     """Independent: the last block is run by hand from its first layer norm's output."""
     import tensorflow as tf
@@ -192,6 +221,29 @@ def test_efficientnet_preset_folder_is_explained_offline(tmp_path):
                                         "interpolation": "bilinear", "image_size": [224, 224]}
     # the map: the cat's body (the image's lower-middle) holds more mass than the border
     assert chelsea["explanations"][0]["empty"] is False
+
+
+def test_the_converters_interpolation_resizes_the_images(tmp_path):
+    """camcli resizes with the preset's interpolation (here bicubic), as Pillow does it."""
+    import dataclasses
+    import io
+
+    from PIL import Image
+
+    from camcli import images, loading
+
+    loaded = loading.load(str(LITE0))
+    assert loaded.resample == "bilinear"
+    loaded.converter = dataclasses.replace(loaded.converter, interpolation="bicubic")
+    assert loaded.resample == "bicubic"
+    data = (SAMPLES / "coffee.png").read_bytes()
+    decoded = images.decode_for_model(SAMPLES / "coffee.png", data, (224, 224), 3,
+                                      resample=loaded.resample)
+    expected = Image.open(io.BytesIO(data)).convert("RGB").resize(
+        (224, 224), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    np.testing.assert_array_equal(decoded.pixels, np.asarray(expected))
+    bilinear = images.decode_for_model(SAMPLES / "coffee.png", data, (224, 224), 3)
+    assert not np.array_equal(bilinear.pixels, decoded.pixels)
 
 
 def test_preset_name_loads_from_the_kagglehub_cache(tmp_path):
