@@ -116,9 +116,11 @@ def end_to_end(path: Path, pixels: np.ndarray, folder: Path, batch: int) -> floa
     for attempt in range(2):
         out = OutputOptions(out_dir=folder / f"out{attempt}")
         start = time.perf_counter()
-        for _ in explainer.run([str(inputs)], out):
-            pass
+        results = list(explainer.run([str(inputs)], out))
         best = min(best, time.perf_counter() - start)
+        failed = [r.to_json() for r in results if not r.to_json().get("ok")]
+        if len(results) != len(pixels) or failed:
+            raise SystemExit(f"end to end: {len(results)} results, failures: {failed[:1]}")
     return len(pixels) / best
 
 

@@ -52,6 +52,16 @@ def get(name: str) -> HubPreset | None:
     return _PRESETS.get(normalize(str(name)))
 
 
+def suggestions(name: str, limit: int = 3) -> list[str]:
+    """Preset names close to ``name``: completions first, then by similarity."""
+    import difflib
+
+    key = normalize(name)
+    completions = sorted((k for k in _PRESETS if key and k.startswith(key)), key=len)
+    similar = difflib.get_close_matches(key, list(_PRESETS), n=limit, cutoff=0.75)
+    return [_PRESETS[k].name for k in dict.fromkeys([*completions, *similar])][:limit]
+
+
 def list_presets(pattern: str | None = None) -> list[HubPreset]:
     """All presets by name, optionally those matching an fnmatch ``pattern`` (case-insensitive)."""
     import fnmatch

@@ -267,7 +267,14 @@ def _open(model: str, weights: str, unsafe: bool) -> _Opened:
         if choice not in ("imagenet", "file"):  # the default, or a weights file to load on top
             keras_model, weights_label = _load_weights(keras_model, weights, str(model))
         return _Opened(keras_model, str(model), weights_label, "none", None)
-    spec = registry.get_spec(model)
+    try:
+        spec = registry.get_spec(model)
+    except UnknownNameError as exc:  # keras-hub presets are names too
+        hub_close = hub_presets.suggestions(model)
+        key = registry.normalize(model)
+        completes = any(registry.normalize(n).startswith(key) for n in exc.suggestions)
+        close = [*exc.suggestions, *hub_close] if completes else [*hub_close, *exc.suggestions]
+        raise UnknownNameError("model", model, close[:6]) from None
     keras_model, weights_label = _build_with_weights(spec, weights)
     return _Opened(keras_model, spec.name, weights_label, spec.name, imagenet_labels())
 
@@ -361,9 +368,9 @@ def _resolve(keras_model, path: str, tokens: _Tokens):
     try:
         return resolve_layer(keras_model, path)
     except UnknownNameError as exc:
-        has_tokens = any(isinstance(child, _keras_layers().LayerNormalization)
-                         for _, child in token_layers.layer_tree(keras_model))
-        if not has_tokens:
+        maybe_tokens = any(isinstance(child, _keras_layers().LayerNormalization)
+                           for _, child in token_layers.layer_tree(keras_model))
+        if not maybe_tokens or not tokens.layers:  # a CNN: the 4-D layers' suggestions
             raise
         found = token_layers.find(tokens.layers, path)
         if len(found) == 1:

@@ -297,3 +297,25 @@ def test_preset_table_matches_keras_hub():
     for entry in hub_presets.list_presets():
         assert entry.handle == presets[entry.name]["kaggle_handle"]
         assert entry.parameters == presets[entry.name]["metadata"].get("params")
+
+
+def test_unknown_names_suggest_keras_hub_presets():
+    from camcli import loading
+    from camcli.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError) as info:
+        loading.load("vit_base_patch16")
+    assert info.value.suggestions[0] == "vit_base_patch16_224_imagenet"
+    with pytest.raises(UnknownNameError) as info:
+        loading.load("resnet5")
+    assert info.value.suggestions[:2] == ["resnet50", "resnet101"]  # the registry's come first
+    assert "resnet_50_imagenet" in info.value.suggestions
+
+
+def test_an_unknown_layer_of_a_vit_suggests_its_token_layers(shapes_vit):
+    from camcli import loading
+    from camcli.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError) as info:
+        loading.load(str(shapes_vit.path), layer="transformer_block_9/ln_1")
+    assert any(name.endswith("transformer_block_3/ln_1") for name in info.value.suggestions)
