@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import schema_errors
 
 pytest.importorskip("keras_hub")
 
@@ -184,6 +185,26 @@ def test_adapter_gradcam_equals_a_hand_written_gradient_tape(shapes_vit):
     np.testing.assert_allclose(out.cams[:, 0], expected, atol=1e-5)
 
 
+def test_a_vit_is_explained_by_rollout_from_the_command_line(shapes_vit, tmp_path):
+    """The record says the layer, the grid and rollout's options; it fits the schema."""
+    from PIL import Image
+
+    image = tmp_path / "scene.png"
+    Image.fromarray((shapes_vit.held_out.images[0] * 255).astype(np.uint8)).save(image)
+    run = _camcli("explain", str(image), "--model", str(shapes_vit.path), "--method", "rollout",
+                  "--discard-ratio", "0.5", "--head-fusion", "max", "--preprocess", "scale01",
+                  "--out-dir", str(tmp_path / "out"))
+    assert run.returncode == 0, run.stderr
+    record = json.loads(next((tmp_path / "out").rglob("scene.png.cam.json")).read_text())
+    assert record["method"] == "rollout"
+    assert record["method_options"]["discard_ratio"] == 0.5
+    assert record["method_options"]["head_fusion"] == "max"
+    assert record["model"]["layer"].endswith("transformer_block_3/ln_1")
+    assert record["model"]["target_grid"] == [
+        {"kind": "tokens", "grid": [6, 6], "tokens": 37, "prefix_tokens": 1}]
+    assert schema_errors(record, "record_file") == []
+
+
 def test_rollout_on_a_cnn_is_a_usage_error_naming_the_methods_that_apply():
     from camcli.api import Explainer
     from camcli.errors import UsageError
@@ -218,8 +239,8 @@ def test_efficientnet_preset_folder_is_explained_offline(tmp_path):
     assert model["preprocess"] == "image_converter"
     assert model["image_converter"] == {"scale": [0.0078125], "offset": [-0.9921875],
                                         "interpolation": "bilinear", "image_size": [224, 224]}
-    # the map: the cat's body (the image's lower-middle) holds more mass than the border
     assert chelsea["explanations"][0]["empty"] is False
+    assert schema_errors(chelsea, "record_file") == []
 
 
 def test_the_converters_interpolation_resizes_the_images(tmp_path):
