@@ -315,11 +315,13 @@ class Engine:
             products = [[tf.reduce_sum(g * tf.stop_gradient(a)) for g in row]
                         for a, row in zip(captured, grads, strict=True)]
         out = []
-        for a, row, sums in zip(captured, grads, products, strict=True):
+        for adapter, a, row, sums in zip(self.adapters, captured, grads, products, strict=True):
             hvps = [outer.gradient(p, a) for p in sums]
             hvps = [tf.zeros_like(a) if h is None else h for h in hvps]
-            pairs = [tf.stack(pair, -1) for pair in zip(row, hvps, strict=True)]
-            out.append(tf.cast(tf.stack(pairs), tf.float32))
+            pairs = tf.cast(tf.stack([tf.stack(pair, -1)
+                                      for pair in zip(row, hvps, strict=True)]), tf.float32)
+            # tokens -> grid (camcli.adapters) for each of the pair (g, H·A)
+            out.append(tf.stack([adapter.to_grid(pairs[..., i]) for i in range(2)], -1))
         return out
 
     def _guided_gradients(self, images, targets):
