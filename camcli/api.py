@@ -54,6 +54,8 @@ class Explainer:
         scorecam_channels: int | None = None,
         method_option: Sequence[str] | dict | None = None,
         precision: str = "float32",
+        discard_ratio: float = 0.0,
+        head_fusion: str = "mean",
     ):
         from camcli import engine, loading
         from camcli.methods import get_method, parse_method_options
@@ -62,6 +64,7 @@ class Explainer:
         classes = list(classes or ())
         _check_counts(batch_size, top_k, top_k_cams, classes)
         self.method = get_method(method, chunk_size=scorecam_batch, channels=scorecam_channels,
+                                 discard_ratio=discard_ratio, head_fusion=head_fusion,
                                  **parse_method_options(method, method_option))
         try:
             self.cam_options = engine.CamOptions(
@@ -79,6 +82,7 @@ class Explainer:
             unsafe=unsafe_model,
             precision=precision,
         )
+        engine.attention_capture(self.loaded, self.method)  # a usage error if it cannot apply
         #: Why ``precision`` is slow on this machine (warned once), or None.
         self.slow_precision = warn_if_slow(precision)
         labels = self.loaded.labels
@@ -210,8 +214,14 @@ def check_options(options: dict) -> None:
     method = options.get("method", "gradcam")
     get_method(method, chunk_size=options.get("scorecam_batch", DEFAULT_CHUNK_SIZE),
                channels=options.get("scorecam_channels"),
+               discard_ratio=options.get("discard_ratio", 0.0),
+               head_fusion=options.get("head_fusion", "mean"),
                **parse_method_options(method, options.get("method_option")))
     model = options.get("model", "resnet50")
+    from camcli import hub, hub_presets
+
+    if hub.is_preset_folder(model) or hub_presets.get(model) is not None:
+        return
     if not loading.is_model_file(model):
         registry.get_spec(model)
     elif not os.path.isfile(model):

@@ -365,34 +365,39 @@ def models(
     ] = None,
     **options,
 ):
-    """List the models camcli knows (no TensorFlow needed)."""
-    from camcli import registry
+    """List the models camcli knows: keras.applications and keras-hub presets (no TensorFlow
+    needed)."""
+    from camcli import hub_presets, registry
 
     specs = registry.list_models(pattern)
+    presets = hub_presets.list_presets(pattern)
     if options["as_json"]:
-        typer.echo(json.dumps([spec.to_dict() for spec in specs], indent=2))
+        listed = [{**spec.to_dict(), "source": "keras.applications"} for spec in specs]
+        listed += [{**preset.to_dict(), "bundled_weights": None} for preset in presets]
+        typer.echo(json.dumps(listed, indent=2))
         return
     from rich.table import Table
 
     offline = any(spec.bundled for spec in specs)
     table = Table(
-        title=f"{len(specs)} models",
+        title=f"{len(specs) + len(presets)} models",
         title_justify="left",
         caption="bundled: the weights ship with camcli, no download" if offline else None,
         caption_justify="left",
     )
-    for column in ("name", "input", "default layer", "preprocess", "imagenet weights", "aliases"):
+    for column in ("name", "source", "family", "input", "parameters", "default layer",
+                   "preprocess", "imagenet weights", "aliases"):
         table.add_column(column)
     for spec in specs:
         height, width = spec.input_size
-        table.add_row(
-            spec.name,
-            f"{height}×{width}",
-            spec.default_layer,
-            spec.family,
-            "bundled" if spec.bundled else "download",
-            ", ".join(spec.aliases),
-        )
+        table.add_row(spec.name, "keras.applications", spec.family, f"{height}×{width}", "",
+                      spec.default_layer, spec.family,
+                      "bundled" if spec.bundled else "download", ", ".join(spec.aliases))
+    for preset in presets:
+        size = preset.input_size
+        table.add_row(preset.name, "keras-hub", preset.family, f"{size}×{size}" if size else "",
+                      f"{preset.parameters / 1e6:.1f} M" if preset.parameters else "",
+                      "", "image converter", preset.weights_status(), "")
     _console().print(table)
 
 
@@ -402,7 +407,8 @@ def layers(
     model: Annotated[str, typer.Argument(help="Registry model name or .keras/.h5 model file.")],
     **options,
 ):
-    """List the layers with 4-D outputs (possible --layer targets); * marks the default."""
+    """List the layers with 4-D outputs, or a transformer's token layers (possible --layer
+    targets); * marks the default."""
     debug = options["debug"]
     _quiet_tensorflow(debug)
     _warn_model_options({"unsafe_model": options["unsafe_model"]})
@@ -417,6 +423,13 @@ def layers(
             {"layer": s.path, "shape": list(s.shape), "default": s.path == loaded.layer_path}
             for s in loading.spatial_layers(loaded.model)
         ]
+        reason = None
+        if loaded.adapter(0).kind == "tokens":  # a transformer: its token layers, as grids
+            found, (_, reason) = loading.token_targets(loaded.model, loaded.input_size,
+                                                       loaded.channels)
+            rows = [{"layer": t.path, "shape": list(t.shape),
+                     "default": t.path == loaded.layer_path, "tokens": t.adapter.describe()}
+                    for t in found]
     except Exception as exc:
         raise _fail(exc, debug) from None
     if options["as_json"]:
@@ -424,8 +437,9 @@ def layers(
         return
     from rich.table import Table
 
-    title = printable(f"{loaded.name}: {len(rows)} layers with 4-D outputs")
-    table = Table(title=title, title_justify="left")
+    kind = "token layers (as grids)" if reason else "layers with 4-D outputs"
+    table = Table(title=printable(f"{loaded.name}: {len(rows)} {kind}"), title_justify="left",
+                  caption=f"* default: {reason}" if reason else None, caption_justify="left")
     for column in ("", "layer", "output (h, w, c)"):
         table.add_column(column)
     for row in rows:

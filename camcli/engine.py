@@ -33,7 +33,7 @@ import tensorflow.experimental.numpy as tnp
 
 from camcli import backprop
 from camcli.heatmaps import normalize
-from camcli.loading import LoadedModel, head_weights, patched
+from camcli.loading import LoadedModel, Patch, head_weights, patched
 from camcli.methods import InputNeeds, Method, Needs, fullgrad_psi, get_method, image_keys
 
 #: ``--aug-smooth``: horizontal flip × 3 scales (zoomed out and padded); maps are mapped back.
@@ -104,6 +104,9 @@ class Engine:
         self.options = options
         self.trace_count = 0
         self.layers = [layer for _, layer in loaded.target_layers]
+        # What turns each target's output into an (n, h, w, c) grid (tokens: camcli.adapters)
+        self.adapters = [loaded.adapter(index) for index in range(len(self.layers))]
+        self.attention, self._patches = attention_capture(loaded, self.method)
         n_classes = len(loaded.labels)
         for index in targets.classes or ():
             if not 0 <= index < n_classes:
@@ -180,6 +183,8 @@ class Engine:
             logits, targets, scores = logits[:n], targets[:n], scores[:n]
             activations, gradients = [a[:n] for a in activations], [g[:, :n] for g in gradients]
         k = targets.shape[1]
+        if self.method.needs_attention:
+            return logits, targets, scores, self._attention_maps(activations, gradients, k)
         seeded = self.method.seeded or self.method.needs is Needs.NOISY_GRADIENTS
         keys = image_keys(batch) if seeded else None
         if self.method.needs is Needs.NOISY_GRADIENTS:
@@ -231,16 +236,29 @@ class Engine:
         scorer = self._channel_scorers[needs]
         return scorer(index, batch, activations, targets).reshape(k * n, -1)
 
+    def _attention_maps(self, attentions, gradients, k: int) -> np.ndarray:
+        """Maps ``(n, k, h, w)`` of an attention method from every attention layer's
+        probabilities ``(n, heads, t, t)`` (and their gradients ``(k, n, heads, t, t)``)."""
+        stacked = np.stack(attentions, axis=1)  # (n, layers, heads, t, t)
+        n = len(stacked)
+        a_kn = np.broadcast_to(stacked[None], (k, *stacked.shape))
+        a_kn = a_kn.reshape(k * n, *stacked.shape[1:])
+        g_kn = np.stack(gradients, axis=2).reshape(a_kn.shape) if gradients else None
+        relevance = self.method.cam(a_kn, g_kn)
+        maps, _ = normalize(self.adapters[0].relevance_grid(relevance))
+        return maps.reshape(k, n, *maps.shape[1:]).transpose(1, 0, 2, 3)
+
     def _forward_backward(self, images, forced_targets):
         """Forward pass with activation capture, then d(target score)/d(activations)."""
         self.trace_count += 1  # runs once per trace when compiled, every call when eager
         k = self.targets.count
         needs_gradients = self.method.needs_gradients
-        persistent = needs_gradients and (k > 1 or len(self.layers) > 1)
+        persistent = needs_gradients and k > 1
         with tf.GradientTape(watch_accessed_variables=False, persistent=persistent) as tape:
-            with patched(self.loaded.patches), contextlib.ExitStack() as stack:
+            with patched(self._patches), contextlib.ExitStack() as stack:
+                # the attention methods' sources are the attention probabilities
                 captures = [stack.enter_context(_capture_output(layer, tape))
-                            for layer in self.layers]
+                            for layer in (self.attention or self.layers)]
                 outputs = self.loaded.model(images, training=False)
             logits = self._scores(outputs)
             chosen = self._choose_targets(logits)
@@ -257,10 +275,17 @@ class Engine:
         if needs_gradients:
             # Under a mixed policy (--precision) activations and gradients are bfloat16/float16;
             # the maps' arithmetic is float32 whatever the network ran in.
-            gradients = [tf.cast(tf.stack([tape.gradient(total, a) for total in totals]),
-                                 tf.float32) for a in captured]
+            # One backward pass per class gives the gradients of every captured tensor.
+            per_class = [tape.gradient(total, captured) for total in totals]
+            gradients = [tf.cast(tf.stack([g[i] for g in per_class]), tf.float32)
+                         for i in range(len(captured))]
         del tape
         activations = [tf.cast(a, tf.float32) for a in captured]
+        if self.attention:  # kept as they are: the method reads tokens' rows
+            return logits, targets, scores, activations, gradients
+        to_grid = [adapter.to_grid for adapter in self.adapters]
+        activations = [grid(a) for grid, a in zip(to_grid, activations, strict=True)]
+        gradients = [grid(g) for grid, g in zip(to_grid[: len(gradients)], gradients, strict=True)]
         return logits, targets, scores, activations, gradients
 
     # ----------------------------------------------------------------- beyond the gradient
@@ -290,11 +315,13 @@ class Engine:
             products = [[tf.reduce_sum(g * tf.stop_gradient(a)) for g in row]
                         for a, row in zip(captured, grads, strict=True)]
         out = []
-        for a, row, sums in zip(captured, grads, products, strict=True):
+        for adapter, a, row, sums in zip(self.adapters, captured, grads, products, strict=True):
             hvps = [outer.gradient(p, a) for p in sums]
             hvps = [tf.zeros_like(a) if h is None else h for h in hvps]
-            pairs = [tf.stack(pair, -1) for pair in zip(row, hvps, strict=True)]
-            out.append(tf.cast(tf.stack(pairs), tf.float32))
+            pairs = tf.cast(tf.stack([tf.stack(pair, -1)
+                                      for pair in zip(row, hvps, strict=True)]), tf.float32)
+            # tokens -> grid (camcli.adapters) for each of the pair (g, H·A)
+            out.append(tf.stack([adapter.to_grid(pairs[..., i]) for i in range(2)], -1))
         return out
 
     def _guided_gradients(self, images, targets):
@@ -445,11 +472,14 @@ class Engine:
             with patched(self.loaded.patches):
                 return self._scores(cut(activations, training=False))
 
+        adapter = self.adapters[index]
+
         def with_replaced_output(activations, images):
-            with patched(self.loaded.patches), _replace_output(layer, activations):
+            replacing = adapter.replacing_call(layer.call, activations)
+            with patched(self.loaded.patches), _call_replaced(layer, replacing):
                 return self._scores(self.loaded.model(images, training=False))
 
-        shape = [None, *layer.output.shape[1:]]
+        shape = [None, *adapter.shape]
         signature = [tf.TensorSpec(shape, tf.float32), self._images_spec]
         self._tails[index] = self._compile(
             through_cut if cut is not None else with_replaced_output, signature
@@ -458,6 +488,30 @@ class Engine:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def attention_capture(loaded: LoadedModel, method: Method):
+    """The softmax layers whose outputs an attention method captures (one per
+    ``MultiHeadAttention``, in order) and the patches a pass runs under; a usage error when the
+    method cannot apply to the model."""
+    from camcli import token_layers
+    from camcli.errors import UsageError
+    from camcli.methods import METHODS
+
+    if not method.needs_attention:
+        return [], loaded.patches
+    layers = [layer for _, layer in token_layers.attention_layers(loaded.model)]
+    adapter = loaded.adapter(0)
+    if not layers or adapter.kind != "tokens" or adapter.prefix < 1:
+        usable = ", ".join(m.name for m in METHODS.values() if not m.needs_attention)
+        raise UsageError(
+            f"--method {method.name} needs a transformer with a class token and Keras "
+            f"MultiHeadAttention layers (ViT, DeiT), explained at a token layer; for this model "
+            f"use one of: {usable}"
+        )
+    forcing = tuple(Patch(layer, "_compute_attention", token_layers.explicit_attention(layer))
+                    for layer in layers)
+    return [layer._softmax for layer in layers], (*loaded.patches, *forcing)
 
 
 def _chunks(pairs: list, size: int):
@@ -563,13 +617,6 @@ def _capture_output(layer, tape):
         yield captured
     if captured.value is None:
         raise RuntimeError(f"layer {layer.name!r} was not called in the model's forward pass")
-
-
-@contextlib.contextmanager
-def _replace_output(layer, replacement):
-    """Temporarily make ``layer`` return ``replacement`` whatever its input."""
-    with _call_replaced(layer, lambda *args, **kwargs: replacement):
-        yield
 
 
 @contextlib.contextmanager

@@ -161,15 +161,18 @@ def read_for_model(
     channels: int = 3,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
+    *,
     stop=None,
     overlay_side: int | None = None,
+    resample: str = "bilinear",
 ) -> DecodedImage:
     """Read ``path`` and decode it at the model's ``size`` (height, width), or raise InputError.
     At most :func:`~camcli.limits.read_limit` ``(max_pixels, max_bytes)`` bytes are read;
     ``stop`` (SIGINT/SIGTERM) ends a read that waits on a web server. ``overlay_side``: see
     :func:`decode_for_model`."""
     data = read_bytes(path, read_limit(max_pixels, max_bytes), stop)
-    return decode_for_model(path, data, size, channels, max_pixels, max_bytes, overlay_side)
+    return decode_for_model(path, data, size, channels, max_pixels, max_bytes,
+                            overlay_side=overlay_side, resample=resample)
 
 
 def decode_for_model(
@@ -179,7 +182,9 @@ def decode_for_model(
     channels: int = 3,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
+    *,
     overlay_side: int | None = None,
+    resample: str = "bilinear",
 ) -> DecodedImage:
     """Decode ``data`` (the bytes of ``path``, already read) at the model's ``size``, or raise
     InputError naming ``path``.
@@ -187,7 +192,8 @@ def decode_for_model(
     ``overlay_side``: also keep the overlay's picture (``picture``: RGB, its longer side capped
     at ``overlay_side``) from the same decode, which then covers both. None (or 0, a full-size
     overlay, or a one-channel model): only the model's view; :func:`read_full` decodes the
-    overlay's picture later from ``data``.
+    overlay's picture later from ``data``. ``resample``: a Pillow filter name (a keras-hub
+    converter's interpolation: bilinear, bicubic, nearest, lanczos).
     """
     limit = read_limit(max_pixels, max_bytes)
     if len(data) > limit:
@@ -207,7 +213,8 @@ def decode_for_model(
         image.load()  # before reading EXIF, which may load it and must not hide its errors
         upright = _upright_size(image, declared)
         image = decode_frame(image, channels)
-        resized = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        fil = Image.Resampling[resample.upper()]
+        resized = image.resize((width, height), fil, reducing_gap=3.0)
         pixels = np.asarray(resized, dtype=np.uint8)
         picture = _capped(image, overlay_side) if keep else None
     except (OSError, ValueError, SyntaxError) as exc:

@@ -59,6 +59,25 @@ class LoadedModel:
     binary: bool = False  # one sigmoid unit: scores become (negative, positive) = (-z, z)
     patches: tuple[Patch, ...] = field(default=())
     precision: str = precisions.DEFAULT  # the arithmetic the network runs in (--precision)
+    #: Per target layer (same order as :attr:`target_layers`), what turns its output into a grid
+    #: (camcli.adapters); empty: every target is a 4-D feature map.
+    adapters: tuple = ()
+    converter: object = None  # a keras-hub image converter camcli applies (camcli.hub.Converter)
+
+    def adapter(self, index: int):
+        """The adapter of target layer ``index``: its output as an (n, h, w, c) grid."""
+        if self.adapters:
+            return self.adapters[index]
+        from camcli.adapters import Spatial
+
+        return Spatial(tuple(self.target_layers[index][1].output.shape[1:]))
+
+    @property
+    def resample(self) -> str:
+        """How images are resized to the input: a keras-hub converter's interpolation when
+        Pillow has that filter, else bilinear."""
+        wanted = getattr(self.converter, "interpolation", "bilinear").lower()
+        return wanted if wanted in ("nearest", "bilinear", "bicubic", "lanczos") else "bilinear"
 
     @property
     def target_layers(self) -> list[tuple[str, object]]:
@@ -95,7 +114,17 @@ class LoadedModel:
             "output_index": self.output_index,
             "output_activation": self.activation,
             "precision": self.precision,
+            **self._hub_facts(),
         }
+
+    def _hub_facts(self) -> dict:
+        """The token grid of transformer targets and a keras-hub image converter, when any."""
+        facts = {}
+        if any(adapter.kind == "tokens" for adapter in self.adapters):
+            facts["target_grid"] = [adapter.describe() for adapter in self.adapters]
+        if self.converter is not None:
+            facts["image_converter"] = self.converter.describe()
+        return facts
 
 
 @dataclass(frozen=True)
@@ -105,6 +134,12 @@ class SpatialLayer:
     path: str  # "name", or "nested_model/name" through nested models
     layer: object
     shape: tuple  # (height, width, channels)
+
+    @property
+    def adapter(self):
+        from camcli.adapters import Spatial
+
+        return Spatial(self.shape)
 
 
 @contextlib.contextmanager
@@ -155,31 +190,22 @@ def load(
     ``precision`` (float32, bfloat16, float16) is the arithmetic the network runs in.
     """
     precisions.check(precision)
-    if is_model_file(model):
-        keras_model = _load_model_file(Path(model), unsafe)
-        name, weights_label, default_preprocess = str(model), "file", "none"
-        choice = weights.strip().lower()
-        if choice == "none":
-            raise UsageError("--weights none applies to registry models; a model file has weights")
-        if choice not in ("imagenet", "file"):  # the default, or a weights file to load on top
-            keras_model, weights_label = _load_weights(keras_model, weights, name)
-        default_labels = None
-    else:
-        spec = registry.get_spec(model)
-        keras_model, weights_label = _build_with_weights(spec, weights)
-        name, default_preprocess = spec.name, spec.name
-        default_labels = imagenet_labels()
+    opened = _open(model, weights, unsafe)
+    keras_model, name, weights_label = opened.model, opened.name, opened.weights
     keras_model = with_precision(keras_model, precision, unsafe)
     output_index = _choose_output(keras_model, output)
     activation, patches = _output_activation(keras_model, output_index)
     n_outputs = int(_output_shapes(keras_model)[output_index][-1])
     binary = activation == "sigmoid" and n_outputs == 1
     n_classes = 2 if binary else n_outputs
-    class_labels = _choose_labels(labels, default_labels, n_classes)
-    chosen = _choose_layers(keras_model, layer, output_index)
+    class_labels = _choose_labels(labels, opened.labels, n_classes)
+    if preprocess is None and opened.converter is not None:
+        preprocess_fn, preprocess_name = opened.converter, "image_converter"
+    else:
+        preprocess_fn, preprocess_name = get_preprocess(preprocess or opened.preprocess)
+    height, width, channels = _input_geometry(keras_model, opened.input_size)
+    chosen = _choose_layers(keras_model, layer, output_index, (height, width), channels)
     target = chosen[0]
-    preprocess_fn, preprocess_name = get_preprocess(preprocess or default_preprocess)
-    height, width, channels = _input_geometry(keras_model)
     try:  # fail now, not after decoding: caffe/torch need 3 channels
         preprocess_fn(np.zeros((1, height, width, channels), np.float32))
     except Exception as exc:
@@ -204,7 +230,70 @@ def load(
         binary=binary,
         patches=patches,
         precision=precision,
+        adapters=tuple(t.adapter for t in chosen) if any(_is_tokens(t) for t in chosen) else (),
+        converter=opened.converter if preprocess_fn is opened.converter else None,
     )
+
+
+def _is_tokens(target) -> bool:
+    return target.adapter.kind == "tokens"
+
+
+@dataclass
+class _Opened:
+    """A model as built or loaded, before the target layer and the outputs are chosen."""
+
+    model: object
+    name: str
+    weights: str  # what the record says about the weights
+    preprocess: str  # the default --preprocess
+    labels: Labels | None  # the default labels (None: class_<i> unless --labels)
+    converter: object = None  # a keras-hub image converter (camcli.hub.Converter)
+    input_size: tuple[int, int] | None = None  # when the model leaves it open
+
+
+def _open(model: str, weights: str, unsafe: bool) -> _Opened:
+    """Build a registry model, or load a model file, a keras-hub preset folder or preset name."""
+    from camcli import hub, hub_presets
+
+    if hub.is_preset_folder(model) or hub_presets.get(model) is not None:
+        return _open_hub_preset(model, weights)
+    if is_model_file(model):
+        keras_model = _load_model_file(Path(model), unsafe)
+        weights_label = "file"
+        choice = weights.strip().lower()
+        if choice == "none":
+            raise UsageError("--weights none applies to registry models; a model file has weights")
+        if choice not in ("imagenet", "file"):  # the default, or a weights file to load on top
+            keras_model, weights_label = _load_weights(keras_model, weights, str(model))
+        return _Opened(keras_model, str(model), weights_label, "none", None)
+    try:
+        spec = registry.get_spec(model)
+    except UnknownNameError as exc:  # keras-hub presets are names too
+        hub_close = hub_presets.suggestions(model)
+        key = registry.normalize(model)
+        completes = any(registry.normalize(n).startswith(key) for n in exc.suggestions)
+        close = [*exc.suggestions, *hub_close] if completes else [*hub_close, *exc.suggestions]
+        raise UnknownNameError("model", model, close[:6]) from None
+    keras_model, weights_label = _build_with_weights(spec, weights)
+    return _Opened(keras_model, spec.name, weights_label, spec.name, imagenet_labels())
+
+
+def _open_hub_preset(model: str, weights: str) -> _Opened:
+    """A keras-hub ``ImageClassifier`` preset: its converter gives the preprocessing and, when
+    the model leaves it open, the input size."""
+    from camcli import hub, hub_presets
+
+    entry = hub_presets.get(model)
+    source = entry.name if entry is not None else model
+    choice = weights.strip().lower()
+    keras_model = hub.load_preset(source, load_weights=choice != "none")
+    weights_label = "none" if choice == "none" else "preset"
+    if choice not in ("none", "imagenet", "preset"):
+        keras_model, weights_label = _load_weights(keras_model, weights, source)
+    converter = hub.converter_of(keras_model)
+    size = converter.image_size if converter is not None else None
+    return _Opened(keras_model, source, weights_label, "none", imagenet_labels(), converter, size)
 
 
 def _choose_labels(labels, default_labels: Labels | None, n_classes: int) -> Labels:
@@ -215,25 +304,91 @@ def _choose_labels(labels, default_labels: Labels | None, n_classes: int) -> Lab
     return generic_labels(n_classes)
 
 
-def _choose_layers(keras_model, layer, output_index: int) -> list[SpatialLayer]:
+def _choose_layers(keras_model, layer, output_index: int, input_size, channels) -> list:
     """The target layers: those asked for (each must feed the output), else the default.
 
     The rule, not the registry's stored name, picks the default: auto-generated layer names
     (NASNet, MobileNetV3) depend on what the process built before. The registry test checks
-    that the rule gives the stored name in a fresh process.
+    that the rule gives the stored name in a fresh process. A model without a 4-D target (a
+    transformer) is explained at a token layer (:mod:`camcli.token_layers`).
     """
     requested = [layer] if isinstance(layer, str) else list(layer or ())
+    tokens = _Tokens(keras_model, input_size, channels)
     if not requested:
-        return [default_layer(keras_model, output_index)]
-    chosen = [resolve_layer(keras_model, path) for path in dict.fromkeys(requested)]
+        try:
+            return [default_layer(keras_model, output_index)]
+        except UsageError:
+            found = tokens.default()
+            if found is None:
+                raise
+            return [found[0]]
+    chosen = [_resolve(keras_model, path, tokens) for path in dict.fromkeys(requested)]
     feeding = _feeding_layers(keras_model, output_index)
     for target in chosen:
-        if feeding is not None and id(target.layer) not in feeding:
+        if feeding is not None and not _is_tokens(target) and id(target.layer) not in feeding:
             raise UsageError(
                 f"layer {target.path!r} does not feed output "
                 f"{_output_names(keras_model)[output_index]!r}: nothing to explain there"
             )
     return chosen
+
+
+class _Tokens:
+    """The model's token layers, found (one probing forward pass) only when asked for."""
+
+    def __init__(self, keras_model, input_size, channels):
+        self.model, self.input_size, self.channels = keras_model, input_size, channels
+        self._layers = None
+
+    @property
+    def layers(self) -> list:
+        if self._layers is None:
+            from camcli import token_layers
+
+            self._layers = token_layers.token_layers(self.model, self.input_size, self.channels)
+        return self._layers
+
+    def default(self):
+        from camcli import token_layers
+
+        return token_layers.default_token_layer(self.model, self.layers)
+
+
+def token_targets(keras_model, input_size, channels) -> tuple[list, tuple | None]:
+    """The model's token layers (possible ``--layer`` targets of a transformer) and the default
+    with the reason it is the default (None without token layers)."""
+    tokens = _Tokens(keras_model, input_size, channels)
+    return tokens.layers, tokens.default()
+
+
+def _resolve(keras_model, path: str, tokens: _Tokens):
+    """``path`` among the 4-D layers, else among the token layers."""
+    from camcli import token_layers
+
+    try:
+        return resolve_layer(keras_model, path)
+    except UnknownNameError as exc:
+        maybe_tokens = any(isinstance(child, _keras_layers().LayerNormalization)
+                           for _, child in token_layers.layer_tree(keras_model))
+        if not maybe_tokens or not tokens.layers:  # a CNN: the 4-D layers' suggestions
+            raise
+        found = token_layers.find(tokens.layers, path)
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise UsageError(f"layer name {path!r} is ambiguous: "
+                             + ", ".join(c.path for c in found[:6])) from None
+        import difflib
+
+        names = [c.path for c in tokens.layers]
+        close = difflib.get_close_matches(path, names, n=5, cutoff=0.3) or names[-3:]
+        raise UnknownNameError("layer", path, close) from exc
+
+
+def _keras_layers():
+    import keras
+
+    return keras.layers
 
 
 # --------------------------------------------------------------------------- building
@@ -321,8 +476,12 @@ def _load_model_file(path: Path, unsafe: bool):
     """Load a ``.keras`` or legacy ``.h5`` model without compiling it, in safe mode by default."""
     import keras
 
+    from camcli import hub
+
     if not path.is_file():
         raise UsageError(f"{path}: model file not found")
+    if hub.file_needs_hub(path):
+        hub.require()  # registers keras-hub's classes; a usage error naming the extra without it
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe)
     except Exception as exc:
@@ -414,7 +573,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _input_geometry(keras_model) -> tuple[int, int, int]:
+def _input_geometry(keras_model, open_size=None) -> tuple[int, int, int]:
     shape = keras_model.input_shape
     if isinstance(shape, list):
         if len(shape) != 1:
@@ -426,7 +585,7 @@ def _input_geometry(keras_model) -> tuple[int, int, int]:
     if channels not in (1, 3):
         raise UsageError(f"the model takes {channels}-channel images; camcli supports 1 or 3")
     if height is None or width is None:
-        height, width = FALLBACK_INPUT_SIZE
+        height, width = open_size or FALLBACK_INPUT_SIZE
     return int(height), int(width), int(channels)
 
 
@@ -595,8 +754,9 @@ def _output_shape(layer):
 
 
 def _is_spatial(shape: tuple) -> bool:
-    height, width = shape[0], shape[1]
-    return height is not None and width is not None and height > 1 and width > 1
+    """More than one cell each way; an open size (a fully convolutional model's, or a keras-hub
+    backbone's) counts: it grows with the input."""
+    return all(side is None or side > 1 for side in shape[:2])
 
 
 def _feeding_layers(model, output_index: int = 0) -> set[int] | None:

@@ -50,6 +50,9 @@ class Needs(str, enum.Enum):
     NOISY_GRADIENTS = "noisy_gradients"  # the gradients of noisy copies of the input
     # --- second order (ShapleyCAM)
     HESSIAN_VECTOR_PRODUCTS = "gradients_and_hessian_vector_products"  # (g, H·A) of the ReST score
+    # Transformers (camcli.attention): every MultiHeadAttention's probabilities (+ gradients)
+    ATTENTION = "attention"
+    ATTENTION_GRADIENTS = "attention_gradients"
 
 
 class InputNeeds(str, enum.Enum):
@@ -78,7 +81,11 @@ class Method:
 
     @property
     def needs_gradients(self) -> bool:
-        return self.needs in (Needs.GRADIENTS, Needs.NOISY_GRADIENTS)
+        return self.needs in (Needs.GRADIENTS, Needs.NOISY_GRADIENTS, Needs.ATTENTION_GRADIENTS)
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.needs in (Needs.ATTENTION, Needs.ATTENTION_GRADIENTS)
 
     @property
     def layer_map(self) -> bool:
@@ -643,6 +650,45 @@ def guided_backprop(gradients: np.ndarray) -> np.ndarray:
     return np.abs(gradients).max(axis=-1)
 
 
+@dataclass(frozen=True)
+class AttentionMethod(Method):
+    """A transformer method: a relevance per token from the attention probabilities of every
+    ``MultiHeadAttention`` layer (and their gradients), not from a target layer's activations.
+    Its formula returns ``(n, tokens)``; the engine's token adapter makes the map."""
+
+    discard_ratio: float = 0.0  # rollout: drop the lowest attentions of each layer
+    head_fusion: str = "mean"  # rollout: how the heads are combined
+
+    def __post_init__(self):
+        from camcli.attention import HEAD_FUSIONS
+
+        if not 0.0 <= self.discard_ratio < 1.0:
+            raise ValueError(f"--discard-ratio must be in [0, 1), not {self.discard_ratio}")
+        if self.head_fusion not in HEAD_FUSIONS:
+            raise ValueError(f"--head-fusion must be one of {', '.join(HEAD_FUSIONS)}")
+
+    def cam(self, attentions, gradients=None, eigen_smooth: bool = False) -> np.ndarray:
+        if self.needs is Needs.ATTENTION:
+            return self.formula(attentions, self.head_fusion, self.discard_ratio)
+        return self.formula(attentions, gradients)
+
+    def recorded_options(self) -> dict:
+        if self.needs is Needs.ATTENTION:
+            return {"discard_ratio": self.discard_ratio, "head_fusion": self.head_fusion}
+        return {}
+
+
+def _attention_methods() -> tuple[Method, ...]:
+    from camcli import attention
+
+    return (
+        AttentionMethod("rollout", attention.rollout, "Abnar & Zuidema 2020, arXiv:2005.00928",
+                        Needs.ATTENTION),
+        AttentionMethod("grad-rollout", attention.chefer, "Chefer et al. 2021, ICCV",
+                        Needs.ATTENTION_GRADIENTS),
+    )
+
+
 def combine(weighted: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
     """Raw maps ``(n, h, w)`` from weighted activations: ReLU of the channel sum, or with
     ``eigen_smooth`` ReLU of their first principal component."""
@@ -690,6 +736,8 @@ METHODS: dict[str, Method] = {
                               input_formula=guided_backprop),
         InputResolutionMethod("guided-gradcam", gradcam, "Selvaraju et al. 2017, "
                               "arXiv:1610.02391", input_formula=guided_backprop),
+        # issue 22: vision transformers
+        *_attention_methods(),
     )
 }
 
@@ -716,7 +764,7 @@ def get_method(name: str, **options) -> Method:
 
 
 #: Options with flags of their own (``--scorecam-batch``, ``--scorecam-channels``).
-_FLAGGED = {"chunk_size", "channels"}
+_FLAGGED = {"chunk_size", "channels", "discard_ratio", "head_fusion"}
 
 
 def parse_method_options(name: str, options) -> dict:

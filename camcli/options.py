@@ -103,7 +103,8 @@ def command(app: typer.Typer, *groups: tuple[Spec, ...], **settings):
 
 # --------------------------------------------------------------------------- the model and method
 
-MODEL_HELP = "Registry name (see `camcli models`) or a .keras/.h5 model file."
+MODEL_HELP = ("Registry name or keras-hub preset (see `camcli models`), a .keras/.h5 model file "
+              "or a keras-hub preset folder.")
 WEIGHTS_HELP = (
     "'imagenet' (bundled for the models `camcli models` marks so, else downloaded once into "
     "the Keras cache), 'none' (random) or a file."
@@ -127,6 +128,9 @@ MODEL: tuple[Spec, ...] = (
     spec("method_option", list[str] | None, None, "--method-option",
          help="A method's own option NAME=VALUE (repeatable; see the README's methods), e.g. "
          "k=3 (fem), kernel=rbf (kpcacam), base=layercam (finercam), samples=8, seed=1."),
+    spec("discard_ratio", float, 0.0,
+         help="rollout: drop this fraction of each layer's lowest attentions (0 = the paper's)."),
+    spec("head_fusion", str, "mean", help="rollout: combine attention heads by mean, max or min."),
     spec("preprocess", str | None, None,
          help="none, scale01, tf, caffe, torch or a registry model name "
          "(default: the registry model's own; none for model files)."),

@@ -187,9 +187,10 @@ def decoder(pipeline: Pipeline, inputs: Inputs):
                 limits = (inputs.max_pixels, inputs.max_bytes)
                 if data is None:
                     return images.read_for_model(path, size, loaded.channels, *limits,
-                                                 stop=pipeline.stop, overlay_side=overlay_side)
+                                                 stop=pipeline.stop, overlay_side=overlay_side,
+                                                 resample=loaded.resample)
                 return images.decode_for_model(path, data, size, loaded.channels, *limits,
-                                               overlay_side=overlay_side)
+                                               overlay_side=overlay_side, resample=loaded.resample)
         except InputError as exc:
             return exc
         except Exception as exc:  # a decoder bug on one odd file must not stop the run

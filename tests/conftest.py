@@ -88,6 +88,31 @@ def shapes_cnn():
 
 
 @pytest.fixture(scope="session")
+def shapes_vit(tmp_path_factory):
+    """A small keras-hub ViT (3 blocks, 6x6 patches + class token) trained once per session on
+    synthetic scenes (tests/vit_ground_truth.py), saved as ``.keras``. Returns ``path`` and
+    ``held_out`` (100 scenes it never saw). Skipped without keras-hub."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("keras_hub")
+    import vit_ground_truth
+
+    path = tmp_path_factory.mktemp("shapes-vit") / "vit.keras"
+    held_out = vit_ground_truth.train(path)
+    return SimpleNamespace(path=path, held_out=held_out)
+
+
+@pytest.fixture(scope="session")
+def shapes_vit_table(shapes_vit):
+    """{(method, layer): share of top-1 peaks on the class object} for the trained ViT."""
+    import vit_ground_truth
+
+    rates = vit_ground_truth.table(shapes_vit.path, shapes_vit.held_out)
+    print("\n" + vit_ground_truth.markdown(rates))
+    return rates
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto) on 127.0.0.1 and a free port, for the whole session.
 

@@ -56,8 +56,10 @@ from camcli.methods import (
 )
 
 TOL = 1e-4  # maps are normalised to [0, 1]: an absolute tolerance on that scale
-ALL_METHODS = tuple(METHODS)
-GRADIENT_METHODS = tuple(name for name, method in METHODS.items() if method.needs_gradients)
+# Methods on a target layer's activations (attention methods: tests/test_hub.py, on a ViT)
+ALL_METHODS = tuple(name for name, method in METHODS.items() if not method.needs_attention)
+GRADIENT_METHODS = tuple(name for name, method in METHODS.items()
+                         if method.needs_gradients and not method.needs_attention)
 
 # The analytic head: 4 channels, 3 classes; every class has positive and negative weights.
 KERNEL = np.array(

@@ -195,7 +195,8 @@ def _decode(item: _Item, loaded, max_pixels) -> None:
     row = item.row
     grid = tuple(loaded.input_size)
     try:
-        item.decoded = images.read_for_model(row.path, grid, loaded.channels, max_pixels)
+        item.decoded = images.read_for_model(row.path, grid, loaded.channels, max_pixels,
+                                             resample=loaded.resample)
         size = item.decoded.size
         if row.boxes:
             kept, outside = metrics.clip_boxes(row.boxes, size)
