@@ -115,6 +115,17 @@ def test_encode_round_trips(fmt, magic, lossless):
         assert np.abs(back - array).mean() < 4
 
 
+def test_png_without_fpng_is_the_same_picture_from_pillow(monkeypatch):
+    # where fpng has no wheel (Python 3.10, other platforms), Pillow writes the same pixels
+    picture = render.overlay(_photo(), np.random.default_rng(1).random((7, 7)))
+    fast = render.encode(picture, "png")
+    monkeypatch.setattr(render, "_fpng", lambda: None)
+    slow = render.encode(picture, "png")
+    assert fast != slow  # two encoders...
+    for data in (fast, slow):  # ...one picture
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), picture)
+
+
 def test_encode_refuses_unknown_formats():
     with pytest.raises(ValueError, match="gif"):
         render.encode(_photo(), "gif")
