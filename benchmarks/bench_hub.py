@@ -14,7 +14,8 @@ downloaded). Every row goes through camcli's own engine, compiled and warmed up 
   (``camcli.api.explain`` over files, as ``camcli explain`` does);
 - rollout: forward with every block's attention probabilities captured (12 x 12 heads x 197 x
   197 per image), rolled out on the CPU;
-- grad-rollout: the same plus the backward pass to every attention map.
+- grad-rollout: the same plus the backward pass to every attention map;
+- legrad: the same backward pass, the gradients averaged (no matrix products).
 
 Each ratio is images/s of the row over the forward pass's; the forward pass is timed again
 between rows and the mean of its rates around each row is used.
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     forward.scores(images[:2])
     rates = {"forward": [best_rate(forward.scores, images, args.batch_size)]}
     rows = {}
-    for method in ("gradcam", "layercam", "rollout", "grad-rollout"):
+    for method in ("gradcam", "layercam", "rollout", "grad-rollout", "legrad"):
         engine = Engine(loaded, Targets(), method)
         engine.run(images[:2])
         rows[method] = best_rate(engine.run, images, args.batch_size)

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_methods.py                  # resnet50, 32 images
     .venv/bin/python benchmarks/bench_methods.py --images 16 --scorecam-images 1
     .venv/bin/python benchmarks/bench_methods.py --methods shapleycam fullgrad   # some only
+    .venv/bin/python benchmarks/bench_methods.py --methods sscam --method-option samples=4
 
 Every method goes through camcli's own :class:`~camcli.engine.Engine` (compiled, warmed up on one
 image first, so tracing is not timed) on the same deterministic photo-like images: random crops
@@ -16,8 +17,11 @@ of the target layer (2048 for resnet50) and per image, so it is timed on fewer i
 timed again after every method and each ratio uses the Grad-CAM rates just before and after
 that method, so a machine whose load changes during the run skews the ratios less.
 
-Every method of ``camcli.methods.METHODS`` is timed (methods added to the table are picked up);
-``--methods`` times some only, still each beside Grad-CAM.
+Every method of ``camcli.methods.METHODS`` is timed (methods added to the table are picked up),
+but the attention methods, which need a transformer: ``bench_hub.py`` times those on a ViT;
+``--methods`` times some only, still each beside Grad-CAM; ``--method-option NAME=VALUE`` sets
+the timed methods' own options (as ``camcli explain --method-option``; each must be an option of
+every method timed).
 
 Prints a Markdown table: method, images timed, seconds, images/s, the Grad-CAM rate around it,
 and the ratio. Takes about 8 minutes on 2 cores (Score-CAM dominates).
@@ -75,9 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--scorecam-images", type=int, default=2,
-                        help="images for Score-CAM over every channel (the slow one)")
+                        help="images for Score-CAM over every channel (the slow one; 0: "
+                             "time Score-CAM and its variants on 64 channels only)")
     parser.add_argument("--methods", nargs="+", metavar="NAME",
                         help="time only these methods (default: every method of the table)")
+    parser.add_argument("--method-option", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="the timed methods' own options, as camcli explain takes them")
     parser.add_argument("--repeats", type=int, default=3,
                         help="passes per method (best kept); methods slower than 30 s: one")
     args = parser.parse_args(argv)
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from camcli.engine import Engine, Targets
     from camcli.loading import load
-    from camcli.methods import METHODS, get_method
+    from camcli.methods import METHODS, get_method, parse_method_options
 
     loaded = load(args.model, weights="none")
     height, width = loaded.input_size
@@ -97,14 +104,18 @@ def main(argv: list[str] | None = None) -> None:
     images = loaded.preprocess(photo_like(args.images, (height, width)).astype(np.float32))
 
     cases = []
-    chosen = [get_method(name).name for name in args.methods] if args.methods else list(METHODS)
+    chosen = ([get_method(name).name for name in args.methods] if args.methods
+              else [name for name, method in METHODS.items() if not method.needs_attention])
     for name in chosen:
-        method = METHODS[name]
+        method = METHODS[name].configure(**parse_method_options(name, args.method_option))
+        if args.method_option:
+            name = f"{name} {' '.join(args.method_option)}"
         if hasattr(method, "channels"):  # Score-CAM: every channel, and the 64 of most variance
             cases.append((f"{name} --scorecam-channels 64", method.configure(channels=64),
                           args.images))
-            cases.append((f"{name} (all {channels} channels)", method,
-                          min(args.scorecam_images, args.images)))
+            if args.scorecam_images > 0:  # 0: the 64 channels only
+                cases.append((f"{name} (all {channels} channels)", method,
+                              min(args.scorecam_images, args.images)))
         else:
             cases.append((name, method, args.images))
 

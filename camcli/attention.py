@@ -59,3 +59,19 @@ def chefer(attentions: np.ndarray, gradients: np.ndarray) -> np.ndarray:
         weighted = np.maximum(gradients[:, layer] * attentions[:, layer], 0.0).mean(axis=1)
         result = result + weighted.astype(np.float64) @ result
     return result[:, 0]
+
+
+def legrad(attentions: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """LeGrad (Bousselham et al., ICCV 2025, arXiv:2404.03214), on the gradient of the
+    *final* explained score.
+
+    Per layer ``l``: ``E^l = mean over heads and query rows (all of them, the class token's too,
+    as the authors' code does) of ReLU(dA^l)``, where ``dA^l`` is
+    the gradient of the explained score with respect to the layer's attention probabilities; a
+    relevance per key token. The map is their mean over layers. The attention values themselves
+    are not used: the gradient is the signal. The paper differentiates at each layer the score
+    its own intermediate output gets through the head; here every layer's gradient is that of
+    the network's final score (the two agree at the last layer). Returns ``(n, tokens)``.
+    """
+    del attentions  # the gradient alone is LeGrad's signal
+    return np.maximum(gradients.astype(np.float64), 0.0).mean(axis=(2, 3)).mean(axis=1)

@@ -683,8 +683,11 @@ def _attention_methods() -> tuple[Method, ...]:
 
     return (
         AttentionMethod("rollout", attention.rollout, "Abnar & Zuidema 2020, arXiv:2005.00928",
-                        Needs.ATTENTION),
+                        Needs.ATTENTION, class_discriminative=False),
         AttentionMethod("grad-rollout", attention.chefer, "Chefer et al. 2021, ICCV",
+                        Needs.ATTENTION_GRADIENTS),
+        AttentionMethod("legrad", attention.legrad,
+                        "Bousselham et al. 2025, ICCV, arXiv:2404.03214",
                         Needs.ATTENTION_GRADIENTS),
     )
 

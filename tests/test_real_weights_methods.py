@@ -27,7 +27,9 @@ WEIGHTS = REPO.parent / "shared" / "fixtures" / "mobilenet_v2_1.0_224_imagenet.w
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 #: Score-CAM over the 32 channels of most variance, not all 1280 (its variants: LIGHT's 16).
 CHANNELS = 32
-DISCRIMINATIVE = [name for name, method in METHODS.items() if method.class_discriminative]
+#: Class-discriminative CNN methods (the attention methods need a transformer: tests/test_hub.py).
+DISCRIMINATIVE = [name for name, method in METHODS.items()
+                  if method.class_discriminative and not method.needs_attention]
 
 
 def composite() -> np.ndarray:

@@ -13,7 +13,7 @@ from synthetic import make_shapes, point_in_box
 SIZE, PATCH, CLASSES, BLOCKS = 48, 8, 2, 3
 OBJECT_SIDE = (10, 16)
 GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam")
-ATTENTION_METHODS = ("rollout", "grad-rollout")
+ATTENTION_METHODS = ("rollout", "grad-rollout", "legrad")
 
 
 def train(path, seed: int = 0):
