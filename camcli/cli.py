@@ -381,8 +381,7 @@ def models(
     table = Table(
         title=f"{len(specs) + len(presets)} models",
         title_justify="left",
-        caption="imagenet weights: bundled (ship with camcli), cached (in the Keras or kagglehub "
-                "cache) or download (fetched on first use)",
+        caption=_weights_notes([*specs, *presets]),
         caption_justify="left",
     )
     for column in ("name", "source", "family", "input", "parameters", "default layer",
@@ -399,6 +398,16 @@ def models(
                       _millions(preset.parameters), "", "image converter",
                       preset.weights_status(), "")
     _console().print(table)
+
+
+_WEIGHTS_NOTES = {"bundled": "bundled: the weights ship with camcli, no download",
+                  "cached": "cached: already in the Keras or kagglehub cache, no download"}
+
+
+def _weights_notes(rows) -> str | None:
+    """What the ``imagenet weights`` words shown mean (``download`` needs no note)."""
+    shown = {row.weights_status() for row in rows}
+    return "\n".join(note for word, note in _WEIGHTS_NOTES.items() if word in shown) or None
 
 
 def _millions(parameters: int | None) -> str:

@@ -341,3 +341,4 @@ def test_models_lists_parameters_and_where_weights_come_from_without_tensorflow(
     assert rows["vit_base_patch16_384_imagenet"]["input_size"] == [384, 384]
     resnet50 = next(line for line in table.splitlines() if "│ resnet50 " in line)
     assert "25.6 M" in resnet50 and "cached" in resnet50
+    assert "cached: already in the Keras or kagglehub cache" in table
