@@ -372,17 +372,16 @@ def models(
     specs = registry.list_models(pattern)
     presets = hub_presets.list_presets(pattern)
     if options["as_json"]:
-        listed = [{**spec.to_dict(), "source": "keras.applications"} for spec in specs]
+        listed = [spec.to_dict() for spec in specs]
         listed += [{**preset.to_dict(), "bundled_weights": None} for preset in presets]
         typer.echo(json.dumps(listed, indent=2))
         return
     from rich.table import Table
 
-    offline = any(spec.bundled for spec in specs)
     table = Table(
         title=f"{len(specs) + len(presets)} models",
         title_justify="left",
-        caption="bundled: the weights ship with camcli, no download" if offline else None,
+        caption=_weights_notes([*specs, *presets]),
         caption_justify="left",
     )
     for column in ("name", "source", "family", "input", "parameters", "default layer",
@@ -390,15 +389,29 @@ def models(
         table.add_column(column)
     for spec in specs:
         height, width = spec.input_size
-        table.add_row(spec.name, "keras.applications", spec.family, f"{height}×{width}", "",
-                      spec.default_layer, spec.family,
-                      "bundled" if spec.bundled else "download", ", ".join(spec.aliases))
+        table.add_row(spec.name, "keras.applications", spec.family, f"{height}×{width}",
+                      _millions(spec.parameters), spec.default_layer, spec.family,
+                      spec.weights_status(), ", ".join(spec.aliases))
     for preset in presets:
         size = preset.input_size
         table.add_row(preset.name, "keras-hub", preset.family, f"{size}×{size}" if size else "",
-                      f"{preset.parameters / 1e6:.1f} M" if preset.parameters else "",
-                      "", "image converter", preset.weights_status(), "")
+                      _millions(preset.parameters), "", "image converter",
+                      preset.weights_status(), "")
     _console().print(table)
+
+
+_WEIGHTS_NOTES = {"bundled": "bundled: the weights ship with camcli, no download",
+                  "cached": "cached: already in the Keras or kagglehub cache, no download"}
+
+
+def _weights_notes(rows) -> str | None:
+    """What the ``imagenet weights`` words shown mean (``download`` needs no note)."""
+    shown = {row.weights_status() for row in rows}
+    return "\n".join(note for word, note in _WEIGHTS_NOTES.items() if word in shown) or None
+
+
+def _millions(parameters: int | None) -> str:
+    return f"{parameters / 1e6:.1f} M" if parameters else ""
 
 
 @opt.command(app, opt.only(opt.MODEL, "output", "unsafe_model"), (opt.AS_JSON,),

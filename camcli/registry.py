@@ -19,8 +19,10 @@ import collections
 import contextlib
 import difflib
 import fnmatch
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from camcli.errors import UnknownNameError
 
@@ -85,6 +87,23 @@ class ModelSpec:
                 **dict(self.options),
             )
 
+    @property
+    def parameters(self) -> int | None:
+        """The model's parameter count (the generated :mod:`camcli.applications_table`)."""
+        from camcli.applications_table import APPLICATIONS
+
+        return APPLICATIONS.get(self.name, (None, None))[0]
+
+    def weights_status(self) -> str:
+        """Where ``--weights imagenet`` comes from: ``bundled`` (in the package), ``cached`` (the
+        Keras cache, ``KERAS_HOME`` honoured, holds the file) or ``download``. No TF import."""
+        from camcli.applications_table import APPLICATIONS
+
+        if self.bundled:
+            return "bundled"
+        fname = APPLICATIONS.get(self.name, (None, None))[1]
+        return "cached" if fname and (keras_cache() / "models" / fname).is_file() else "download"
+
     def preprocess_input(self):
         """The ``preprocess_input`` function of ``keras.applications.<family>``."""
         import keras  # deferred, see build()
@@ -102,7 +121,22 @@ class ModelSpec:
             "aliases": list(self.aliases),
             "options": dict(self.options),
             "bundled_weights": self.bundled.to_dict() if self.bundled else None,
+            "source": "keras.applications",
+            "parameters": self.parameters,
+            "weights": self.weights_status(),
         }
+
+
+def keras_cache() -> Path:
+    """The folder ``keras.utils.get_file`` caches in, chosen as Keras chooses it: ``KERAS_HOME``,
+    else ``~/.keras`` (``/tmp/.keras`` when home is not writable); ``/tmp/.keras`` when that
+    folder is not writable (or does not exist yet)."""
+    home = os.environ.get("KERAS_HOME")
+    if home is None:
+        base = Path("~").expanduser()
+        home = str((base if os.access(base, os.W_OK) else Path("/tmp")) / ".keras")
+    folder = Path(home).expanduser()
+    return folder if os.access(folder, os.W_OK) else Path("/tmp/.keras")
 
 
 @contextlib.contextmanager

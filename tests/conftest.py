@@ -113,6 +113,28 @@ def shapes_vit_table(shapes_vit):
 
 
 @pytest.fixture(scope="session")
+def tiny_hub_vit(tmp_path_factory):
+    """A tiny keras-hub ViT (2 blocks, 4x4 patches + class token, 3 classes, random weights)
+    with its image converter (scale 1/127.5, offset -1, bicubic), saved once per session as a
+    preset folder by ``save_to_preset``. Skipped without keras-hub."""
+    pytest.importorskip("keras_hub")
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2,
+                                            num_heads=2, hidden_dim=16, mlp_dim=32)
+    converter = keras_hub.layers.ViTImageConverter(image_size=(32, 32), scale=1 / 127.5,
+                                                   offset=-1.0, interpolation="bicubic")
+    model = keras_hub.models.ViTImageClassifier(
+        backbone=backbone, num_classes=3,
+        preprocessor=keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter))
+    folder = tmp_path_factory.mktemp("tiny-hub-vit") / "preset"
+    model.save_to_preset(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto) on 127.0.0.1 and a free port, for the whole session.
 

@@ -60,6 +60,8 @@ def check(name: str) -> dict:
         problems.append(f"input shape {model.input_shape}, expected {(None, height, width, 3)}")
     if tuple(model.output_shape) != (None, 1000):
         problems.append(f"output shape {model.output_shape}, expected (None, 1000)")
+    if model.count_params() != spec.parameters:  # the generated table `camcli models` shows
+        problems.append(f"{model.count_params()} parameters, the table says {spec.parameters}")
 
     names = [layer.name for layer in model.layers]
     if spec.default_layer not in names:

@@ -193,7 +193,8 @@ def test_entry_count():
 # --- specs ----------------------------------------------------------------------------------
 
 
-def test_to_dict_is_json_serializable():
+def test_to_dict_is_json_serializable(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty Keras cache
     data = json.loads(json.dumps([spec.to_dict() for spec in ALL]))
     small = data[_names(ALL).index("mobilenet_v1_0.25_128")]
     assert small == {
@@ -205,6 +206,10 @@ def test_to_dict_is_json_serializable():
         "aliases": [],
         "options": {"alpha": 0.25},
         "bundled_weights": None,  # downloaded: only mobilenet_v1_0.25_224 ships its weights
+        "source": "keras.applications",
+        # SOURCES.md's 224x224 model has 475,544; the input size changes no weight's shape
+        "parameters": 475_544,
+        "weights": "download",
     }
     bundled = data[_names(ALL).index("mobilenet_v1_0.25_224")]["bundled_weights"]
     assert bundled["file"].endswith(".weights.h5") and len(bundled["sha256"]) == 64
@@ -279,3 +284,61 @@ def test_every_model_builds_and_runs_one_gradcam():
     assert sorted(r["name"] for r in results) == sorted(names)
     failures = [f"{r['name']}: {'; '.join(r['problems'])}" for r in results if r["problems"]]
     assert not failures, f"{len(failures)} of {len(ALL)} models failed:\n" + "\n".join(failures)
+
+
+def test_models_lists_parameters_and_where_weights_come_from_without_tensorflow(tmp_path):
+    """``camcli models`` (table and --json) says, for keras.applications and keras-hub rows
+    alike, the family, source, input size, parameters and whether the ImageNet weights are
+    bundled, cached (Keras cache under KERAS_HOME, kagglehub cache under KAGGLEHUB_CACHE) or
+    would be downloaded — without importing TensorFlow or keras-hub."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from camcli import hub, hub_presets
+
+    root = Path(__file__).resolve().parents[1]
+    keras_home = tmp_path / "keras"
+    (keras_home / "models").mkdir(parents=True)
+    # the file keras.applications.ResNet50(weights="imagenet") downloads, already in the cache
+    (keras_home / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels.h5").write_bytes(b"x")
+    preset = hub_presets.get("resnet_50_imagenet")
+    folder = hub.cached_preset_folder(preset.handle).relative_to(hub.kagglehub_cache())
+    for name in hub.PRESET_MARKERS:
+        (tmp_path / "kaggle" / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "kaggle" / folder / name).write_text("{}")
+    code = ("import sys; sys.modules['keras_hub'] = None; from camcli.cli import main\n"
+            "for args in (['models'], ['models', '--json']):\n"
+            "    sys.argv = ['camcli', *args]\n"
+            "    try:\n        main()\n    except SystemExit:\n        pass\n"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    env = dict(os.environ, PYTHONPATH=str(root), KERAS_HOME=str(keras_home),
+               KAGGLEHUB_CACHE=str(tmp_path / "kaggle"), COLUMNS="400")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=root, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    table, listing = run.stdout.split("\n[\n", 1)
+    rows = {row["name"]: row for row in json.loads("[\n" + listing)}
+    for row in rows.values():
+        assert {"family", "source", "input_size", "parameters", "weights"} <= set(row), row
+        assert row["weights"] in ("bundled", "cached", "download")
+        assert row["parameters"] and row["parameters"] > 100_000, row
+    assert set(rows) >= {spec.name for spec in registry.list_models()}
+    # parameter counts from the Keras applications documentation's table
+    assert rows["resnet50"]["parameters"] == 25_636_712
+    assert rows["vgg16"]["parameters"] == 138_357_544
+    assert rows["mobilenet_v2_1.0_224"]["parameters"] == 3_538_984
+    assert [rows[n]["weights"] for n in ("resnet50", "resnet101", "mobilenet_v1_0.25_224")] == [
+        "cached", "download", "bundled"]
+    assert rows["resnet_50_imagenet"]["weights"] == "cached"
+    assert rows["resnet_101_imagenet"]["weights"] == "download"
+    assert rows["resnet50"]["source"] == "keras.applications"
+    assert rows["resnet_50_imagenet"]["source"] == "keras-hub"
+    # a depth in a preset's name is not its input size; a size in it is
+    assert rows["densenet_121_imagenet"]["input_size"] is None
+    assert rows["vit_base_patch16_384_imagenet"]["input_size"] == [384, 384]
+    resnet50 = next(line for line in table.splitlines() if "│ resnet50 " in line)
+    assert "25.6 M" in resnet50 and "cached" in resnet50
+    assert "cached: already in the Keras or kagglehub cache" in table

@@ -12,9 +12,11 @@ import sys
 
 
 def input_size(name: str) -> int | None:
-    """The input size a preset's name states (``_224``, ``r240``, ``_512``), else None."""
-    match = re.search(r"(?:_r?|_patch\d+_)(\d{3,4})(?:_|$)", name)
-    return int(match.group(1)) if match else None
+    """The input size a preset's name states (``patch16_224``, ``_r240_``, a final ``_512``),
+    else None. Other numbers are depths or widths (``densenet_121``, ``mobilenet_v3_large_100``),
+    not sizes."""
+    match = re.search(r"(?:_r|_patch\d+_)(\d{3,4})(?:_|$)|_(\d{3,4})$", name)
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 def rows() -> list[tuple]:
