@@ -155,6 +155,11 @@ def _walk(folder: Path, recursive: bool, follow: bool = True) -> Iterator[Path]:
 # --------------------------------------------------------------------------- decoding
 
 
+#: The longer side a JPEG's decoded frame covers at least (the default overlay cap,
+#: ``render.DEFAULT_MAX_OVERLAY_SIDE``, so the default overlay comes from the model's own frame).
+DECODE_SIDE = 1000
+
+
 def read_for_model(
     path: Path,
     size: tuple[int, int],
@@ -189,27 +194,28 @@ def decode_for_model(
     """Decode ``data`` (the bytes of ``path``, already read) at the model's ``size``, or raise
     InputError naming ``path``.
 
+    A JPEG is decoded at the smallest DCT scale whose frame covers both the model's input and
+    :data:`DECODE_SIDE` pixels on its longer side, whatever the overlay's size: so the model sees
+    the same pixels in every run of camcli (explain, audit, any ``--max-overlay-side``).
     ``overlay_side``: also keep the overlay's picture (``picture``: RGB, its longer side capped
-    at ``overlay_side``) from the same decode, which then covers both. None (or 0, a full-size
-    overlay, or a one-channel model): only the model's view; :func:`read_full` decodes the
-    overlay's picture later from ``data``. ``resample``: a Pillow filter name (a keras-hub
-    converter's interpolation: bilinear, bicubic, nearest, lanczos).
+    at ``overlay_side``) from that frame, when the frame covers it (``overlay_side`` at most
+    :data:`DECODE_SIDE`). Otherwise (None, 0 for a full-size overlay, a larger cap, or a
+    one-channel model) only the model's view; :func:`read_full` decodes the overlay's picture
+    later from ``data``. ``resample``: a Pillow filter name (a keras-hub converter's
+    interpolation: bilinear, bicubic, nearest, lanczos).
     """
     limit = read_limit(max_pixels, max_bytes)
     if len(data) > limit:
         raise InputError(path, too_large(limit))
     height, width = size
-    keep = bool(overlay_side) and channels == 3
+    keep = bool(overlay_side) and overlay_side <= DECODE_SIDE and channels == 3
     image = open_image(path, data, max_pixels)
     declared = image.size
     try:
         if image.format == "JPEG":
             side = max(height, width)  # the model's view is squeezed: both sides need this
-            request = (side, side)
-            if keep:
-                wide, high = draft_request(image.size, overlay_side)
-                request = (max(side, wide), max(side, high))
-            image.draft("RGB" if channels == 3 else "L", request)
+            wide, high = draft_request(image.size, DECODE_SIDE)
+            image.draft("RGB" if channels == 3 else "L", (max(side, wide), max(side, high)))
         image.load()  # before reading EXIF, which may load it and must not hide its errors
         upright = _upright_size(image, declared)
         image = decode_frame(image, channels)

@@ -29,7 +29,7 @@ JPEG_QUALITY = 90
 #: photo's overlay is then ~1 MB of PNG instead of 6-14 MB. 1,000 rather than 1,024: the usual
 #: 12 MP photo (4000-4080 pixels wide) then decodes at 1/4 DCT scale (1008 wide) instead of 1/2,
 #: 30 % less decoding (README, Performance; benchmarks/bench_photos.py).
-DEFAULT_MAX_OVERLAY_SIDE = 1000
+DEFAULT_MAX_OVERLAY_SIDE = 1000  # images.DECODE_SIDE: the frame the model's view is cut from
 WEBP_QUALITY = 85
 
 
